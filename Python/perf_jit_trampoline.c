@@ -286,7 +286,7 @@ build_unwind_info(unwind_info *info, size_t code_size)
 }
 
 
-/* ---- The backend ------------------------------------------------------------ */
+/* ---- The backend -------------------------------------------------------- */
 
 static unwind_info unwind;
 static size_t unwind_for_size;  // the code size unwind was built for

@@ -140,7 +140,7 @@ timestamp(void)
 }
 
 
-/* ---- Building records in a buffer ----------------------------------------- */
+/* ---- Building records in a buffer --------------------------------------- */
 
 typedef struct {
     char *data;
@@ -256,7 +256,7 @@ add_code_load(buffer *buf, const _PyJitdump_Code *code, uint64_t now,
 }
 
 
-/* ---- The file ------------------------------------------------------------- */
+/* ---- The file ----------------------------------------------------------- */
 
 static void
 close_locked(void)

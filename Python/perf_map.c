@@ -58,7 +58,7 @@ static struct {
 static pid_t parent_map_pid;
 
 
-/* ---- The file, with map_lock held ---------------------------------------- */
+/* ---- The file, with map_lock held --------------------------------------- */
 
 static void
 close_locked(void)
@@ -231,7 +231,7 @@ _PyPerfMap_AfterForkChild(void)
 }
 
 
-/* ---- The "perf" backend ---------------------------------------------------- */
+/* ---- The "perf" backend ------------------------------------------------- */
 
 static int
 map_backend_open(void)
@@ -287,7 +287,7 @@ const _PyPerf_Backend _PyPerf_MapBackend = {
 };
 
 
-/* ---- C API ------------------------------------------------------------------ */
+/* ---- C API -------------------------------------------------------------- */
 
 int
 PyUnstable_PerfMapState_Init(void)

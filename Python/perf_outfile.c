@@ -73,7 +73,7 @@ _PyPerf_GetError(void)
 }
 
 
-/* ---- Opening -------------------------------------------------------------- */
+/* ---- Opening ------------------------------------------------------------ */
 
 int
 _PyPerf_OpenOutput(const char *path, int flags)
@@ -138,7 +138,7 @@ error:
 }
 
 
-/* ---- Writing -------------------------------------------------------------- */
+/* ---- Writing ------------------------------------------------------------ */
 
 int
 _PyPerf_WriteAll(int fd, const void *buf, size_t size, const char *path)

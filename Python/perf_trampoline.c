@@ -34,13 +34,25 @@
  * The hook
  * --------
  * 3.11 lets a frame evaluation function replace _PyEval_EvalFrameDefault for
- * an interpreter (PEP 523).  Activation installs perf_eval_frame() there; it
- * is called for every Python function call, generator and coroutine resume
- * that enters the evaluator, finds the code object's trampoline and calls
+ * an interpreter (PEP 523).  Activation installs _PyPerfTrampoline_EvalFrame()
+ * there; it is called for every Python frame that starts or resumes (calls,
+ * generator and coroutine resumes), finds the code object's trampoline and
+ * calls
  *
  *     trampoline(tstate, frame, throwflag, _PyEval_EvalFrameDefault)
  *
  * Activation refuses to replace another hook (a debugger's, a JIT's).
+ *
+ * Any other hook makes 3.11 give up two optimisations of Python-to-Python
+ * calls: the caller no longer pushes the callee's frame itself (every call
+ * goes through vectorcall and _PyEval_Vector), and calls are no longer
+ * specialised (CALL_PY_EXACT_ARGS, CALL_PY_WITH_DEFAULTS).  This hook only
+ * needs each frame to run through its trampoline, so Python/ceval.c keeps
+ * both for it: the call site pushes the frame the fast way and hands it to
+ * the hook instead of jumping into it (see CAN_PUSH_CALLEE_FRAME there).
+ * Setting _PYTHON_PERF_GENERIC_CALLS=1 before activation installs the hook
+ * under another name, which ceval.c treats like any other hook: it exists to
+ * measure the difference.
  *
  * Memory
  * ------
@@ -134,7 +146,7 @@ extern char _Py_trampoline_func_end[];
 #define ARENA_MIN_SIZE (64 * 1024)
 
 
-/* ---- State ---------------------------------------------------------------- */
+/* ---- State -------------------------------------------------------------- */
 
 typedef struct {
     _PyPerf_TrampolineFunc trampoline;
@@ -167,7 +179,7 @@ static struct {
     int persist_after_fork;
     perf_arena *arenas;
     interp_record *interps;
-    /* The record that perf_eval_frame() used last, to skip the search. */
+    /* The record that the hook used last, to skip the search. */
     interp_record *last;
     /* The reasons already reported on stderr, so each is said once. */
     int warned;
@@ -176,7 +188,7 @@ static struct {
 static _PyPerf_TrampolineLayout layout;
 
 
-/* ---- The template --------------------------------------------------------- */
+/* ---- The template ------------------------------------------------------- */
 
 const _PyPerf_TrampolineLayout *
 _PyPerf_GetTrampolineLayout(void)
@@ -213,7 +225,7 @@ slot_size(void)
 }
 
 
-/* ---- Arenas --------------------------------------------------------------- */
+/* ---- Arenas ------------------------------------------------------------- */
 
 static perf_arena *
 new_arena(void)
@@ -297,7 +309,7 @@ free_arenas(void)
 }
 
 
-/* ---- Interpreters --------------------------------------------------------- */
+/* ---- Interpreters ------------------------------------------------------- */
 
 static interp_record *
 find_interp(PyInterpreterState *interp)
@@ -367,7 +379,7 @@ any_interp_active(void)
 }
 
 
-/* ---- Naming and describing ------------------------------------------------ */
+/* ---- Naming and describing ---------------------------------------------- */
 
 /* UTF-8 bytes of a str, with the original bytes of undecodable file names
    and escapes for anything else; never fails with an exception set. */
@@ -430,14 +442,39 @@ describe(code_entry *entry, PyCodeObject *co)
 }
 
 
-/* ---- Activation ----------------------------------------------------------- */
+/* ---- Activation --------------------------------------------------------- */
 
-static PyObject *perf_eval_frame(PyThreadState *, _PyInterpreterFrame *, int);
+/* The same hook at another address: Python/ceval.c then takes the generic
+   road for Python-to-Python calls (vectorcall, no specialisation), as for
+   any other hook.  Only for measuring what the fast road saves. */
+static PyObject *
+eval_frame_generic_calls(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                         int throwflag)
+{
+    return _PyPerfTrampoline_EvalFrame(tstate, frame, throwflag);
+}
+
+static _PyFrameEvalFunction
+hook_to_install(void)
+{
+    const char *generic = getenv("_PYTHON_PERF_GENERIC_CALLS");
+    if (generic != NULL && strcmp(generic, "1") == 0) {
+        return eval_frame_generic_calls;
+    }
+    return _PyPerfTrampoline_EvalFrame;
+}
+
+static int
+is_our_hook(_PyFrameEvalFunction hook)
+{
+    return hook == _PyPerfTrampoline_EvalFrame
+           || hook == eval_frame_generic_calls;
+}
 
 static int
 hook_is_ours(PyInterpreterState *interp)
 {
-    return _PyInterpreterState_GetEvalFrameFunc(interp) == perf_eval_frame;
+    return is_our_hook(_PyInterpreterState_GetEvalFrameFunc(interp));
 }
 
 static void
@@ -498,8 +535,9 @@ typedef enum {
 static activate_result
 activate(PyInterpreterState *interp, const _PyPerf_Backend *backend)
 {
-    _PyFrameEvalFunction current = _PyInterpreterState_GetEvalFrameFunc(interp);
-    if (current != _PyEval_EvalFrameDefault && current != perf_eval_frame) {
+    _PyFrameEvalFunction current =
+        _PyInterpreterState_GetEvalFrameFunc(interp);
+    if (current != _PyEval_EvalFrameDefault && !is_our_hook(current)) {
         return ACTIVATE_OTHER_HOOK;
     }
     interp_record *record = get_interp(interp);
@@ -517,7 +555,7 @@ activate(PyInterpreterState *interp, const _PyPerf_Backend *backend)
         remove_hook(interp);
         return ACTIVATE_FAILED;
     }
-    _PyInterpreterState_SetEvalFrameFunc(interp, perf_eval_frame);
+    _PyInterpreterState_SetEvalFrameFunc(interp, hook_to_install());
     record->active = 1;
     return ACTIVATE_OK;
 }
@@ -542,7 +580,7 @@ stop_after_failure(PyThreadState *tstate)
 }
 
 
-/* ---- The hook ------------------------------------------------------------- */
+/* ---- The hook ----------------------------------------------------------- */
 
 static interp_record *
 record_of(PyInterpreterState *interp)
@@ -583,18 +621,27 @@ prepare(PyThreadState *tstate, interp_record *record, PyCodeObject *co,
     return entry;
 }
 
-static code_entry *
+/* The layout of co_extra (_PyCodeObjectExtra in Objects/codeobject.c),
+   read here directly because the lookup runs on every call; it is fixed for
+   the life of 3.11.  _PyCode_SetExtra() writes it. */
+typedef struct {
+    Py_ssize_t ce_size;
+    void *ce_extras[1];
+} code_extra;
+
+static inline code_entry *
 lookup(interp_record *record, PyCodeObject *co)
 {
-    void *entry = NULL;
-    /* Cannot fail for a code object and an index of this interpreter. */
-    (void)_PyCode_GetExtra((PyObject *)co, record->extra_index, &entry);
-    return (code_entry *)entry;
+    code_extra *extra = (code_extra *)co->co_extra;
+    if (extra == NULL || record->extra_index >= extra->ce_size) {
+        return NULL;
+    }
+    return (code_entry *)extra->ce_extras[record->extra_index];
 }
 
-static PyObject *
-perf_eval_frame(PyThreadState *tstate, _PyInterpreterFrame *frame,
-                int throwflag)
+PyObject *
+_PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                            int throwflag)
 {
     interp_record *record = record_of(tstate->interp);
     if (record == NULL || perf_state.backend == NULL) {
@@ -613,7 +660,7 @@ perf_eval_frame(PyThreadState *tstate, _PyInterpreterFrame *frame,
 }
 
 
-/* ---- Backends by name ----------------------------------------------------- */
+/* ---- Backends by name --------------------------------------------------- */
 
 static const _PyPerf_Backend *
 find_backend(const char *name)
@@ -628,7 +675,7 @@ find_backend(const char *name)
 }
 
 
-/* ---- Start-up: -X perf, -X perf_jit and the environment ------------------- */
+/* ---- Start-up: -X perf, -X perf_jit and the environment ----------------- */
 
 /* Parse a switch value: "" and "1" mean on, "0" off, other integers are on
    if non-zero (as for other PYTHON* variables).  Return -1 for anything
@@ -758,7 +805,7 @@ _PyPerfTrampoline_InitFromConfig(PyThreadState *tstate)
 }
 
 
-/* ---- sys functions -------------------------------------------------------- */
+/* ---- sys functions ------------------------------------------------------ */
 
 PyObject *
 _PyPerfTrampoline_SysActivate(const char *name)
@@ -804,7 +851,7 @@ _PyPerfTrampoline_IsActive(PyInterpreterState *interp)
 }
 
 
-/* ---- Lifetime ------------------------------------------------------------- */
+/* ---- Lifetime ----------------------------------------------------------- */
 
 void
 _PyPerfTrampoline_Fini(PyInterpreterState *interp)
@@ -862,7 +909,7 @@ _PyPerfTrampoline_AfterForkChild(void)
 }
 
 
-/* ---- C API ---------------------------------------------------------------- */
+/* ---- C API -------------------------------------------------------------- */
 
 int
 PyUnstable_PerfTrampoline_CompileCode(PyCodeObject *co)
@@ -937,6 +984,14 @@ int
 _PyPerfTrampoline_IsActive(PyInterpreterState *interp)
 {
     return 0;
+}
+
+PyObject *
+_PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                            int throwflag)
+{
+    /* Never installed. */
+    return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
 }
 
 void

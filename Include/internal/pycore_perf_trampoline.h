@@ -117,6 +117,11 @@ extern void _PyPerfTrampoline_InitFromConfig(PyThreadState *tstate);
 extern PyObject * _PyPerfTrampoline_SysActivate(const char *backend);
 extern PyObject * _PyPerfTrampoline_SysDeactivate(void);
 extern int _PyPerfTrampoline_IsActive(PyInterpreterState *interp);
+/* The frame evaluation hook.  Python/ceval.c recognises it: with it, and no
+   other hook, Python-to-Python calls stay specialised and push the callee's
+   frame themselves before calling it. */
+extern PyObject * _PyPerfTrampoline_EvalFrame(
+    PyThreadState *tstate, struct _PyInterpreterFrame *frame, int throwflag);
 /* Called by finalize_interp_clear(): remove the hook of interp; for the
    main interpreter also close the outputs and release the trampolines. */
 extern void _PyPerfTrampoline_Fini(PyInterpreterState *interp);
