@@ -42,6 +42,7 @@
 #include <pthread.h>                  // pthread_mutex_t
 #include <stdint.h>                   // uintptr_t
 #include <string.h>                   // memcpy()
+#include <sys/stat.h>                 // fstat()
 #include <unistd.h>                   // getpid(), close()
 
 
@@ -154,7 +155,9 @@ _PyPerfMap_WriteEntry(const void *code, size_t size, const char *name)
 }
 
 /* Copy the lines of the map at path into this process's map, whole lines
-   only, each with one write. */
+   only, each batch with one write.  Only what the file holds when the copy
+   starts is copied; a last line without a newline gets one, so that the
+   next entry starts a line of its own. */
 static int
 copy_map(const char *path)
 {
@@ -163,9 +166,17 @@ copy_map(const char *path)
         _PyPerf_SetError(errno, "cannot read %s", path);
         return -1;
     }
-    int res = 0;
+    struct stat src_st;
+    if (fstat(src, &src_st) != 0 || !S_ISREG(src_st.st_mode)) {
+        int err = errno ? errno : EINVAL;
+        close(src);
+        _PyPerf_SetError(err, "cannot copy %s: not a regular file", path);
+        errno = err;
+        return -1;
+    }
     size_t size = 64 * 1024, used = 0;
-    char *buf = PyMem_RawMalloc(size);
+    off_t left = src_st.st_size;
+    char *buf = PyMem_RawMalloc(size + 1);
     if (buf == NULL) {
         close(src);
         _PyPerf_SetError(ENOMEM, "cannot copy %s", path);
@@ -173,9 +184,21 @@ copy_map(const char *path)
         return -1;
     }
     pthread_mutex_lock(&map_lock);
-    res = open_locked();
+    int res = open_locked();
+    struct stat map_st;
+    if (res == 0 && fstat(map.fd, &map_st) == 0
+        && map_st.st_dev == src_st.st_dev && map_st.st_ino == src_st.st_ino)
+    {
+        _PyPerf_SetError(0, "cannot copy %s into itself", path);
+        errno = EINVAL;
+        res = -1;
+    }
     while (res == 0) {
-        ssize_t n = read(src, buf + used, size - used);
+        size_t want = size - used;
+        if ((off_t)want > left) {
+            want = (size_t)left;
+        }
+        ssize_t n = want ? read(src, buf + used, want) : 0;
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -185,13 +208,15 @@ copy_map(const char *path)
             break;
         }
         used += (size_t)n;
+        left -= n;
         /* Write what ends with a newline; keep a partial last line. */
         size_t whole = used;
         while (whole > 0 && buf[whole - 1] != '\n') {
             whole--;
         }
-        if (n == 0) {
-            whole = used;       // end of file: a last line without newline
+        if (n == 0 && used > 0 && whole < used) {
+            buf[used++] = '\n';        // the last line, completed
+            whole = used;
         }
         if (whole > 0) {
             res = _PyPerf_WriteAll(map.fd, buf, whole, map.path);
@@ -202,7 +227,7 @@ copy_map(const char *path)
             break;
         }
         if (used == size) {     // one line longer than the buffer
-            char *bigger = PyMem_RawRealloc(buf, size * 2);
+            char *bigger = PyMem_RawRealloc(buf, size * 2 + 1);
             if (bigger == NULL) {
                 _PyPerf_SetError(ENOMEM, "cannot copy %s", path);
                 res = -1;

@@ -15,8 +15,9 @@
  *   - creates the file with mode 0600 and close-on-exec, so that programs
  *     started with exec() do not inherit it,
  *   - and writes each buffer whole: a loop that survives EINTR and short
- *     writes, so a line or a record reaches the file in one piece or the
- *     writer learns that it did not.
+ *     writes, and that cuts what a failed write left half-way (disk full,
+ *     file size limit), so a line or a record reaches the file in one
+ *     piece or not at all.
  *
  * Failures are recorded with _PyPerf_SetError() and never raised here: the
  * callers decide whether to warn once, raise, or return an error code.
@@ -30,7 +31,7 @@
 #include <stdarg.h>                   // va_list
 #include <string.h>                   // strerror_r()
 #include <sys/stat.h>                 // fstat()
-#include <unistd.h>                   // write(), ftruncate(), geteuid()
+#include <unistd.h>                   // write(), ftruncate(), lseek()
 
 
 /* ---- The last error ---------------------------------------------------- */
@@ -91,6 +92,11 @@ _PyPerf_OpenOutput(const char *path, int flags)
             _PyPerf_SetError(0, "refusing to open %s: it is a symbolic link",
                              path);
         }
+        else if (errno == ENXIO) {
+            /* A FIFO without a reader, or a socket. */
+            _PyPerf_SetError(0, "refusing to write %s: not a regular file",
+                             path);
+        }
         else {
             _PyPerf_SetError(errno, "cannot open %s", path);
         }
@@ -140,25 +146,39 @@ error:
 
 /* ---- Writing ------------------------------------------------------------ */
 
+/* After a write that failed half-way (disk full, file size limit), cut the
+   part that made it, so that the file ends with a whole line or record.
+   The callers hold the file's lock and open it with O_APPEND, so the part
+   is at the end. */
+static void
+remove_partial_write(int fd, size_t written)
+{
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end >= (off_t)written) {
+        (void)ftruncate(fd, end - (off_t)written);
+    }
+}
+
 int
 _PyPerf_WriteAll(int fd, const void *buf, size_t size, const char *path)
 {
     const char *p = buf;
-    while (size > 0) {
-        ssize_t n = write(fd, p, size);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
+    size_t written = 0;
+    while (written < size) {
+        ssize_t n = write(fd, p + written, size - written);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            int saved_errno = (n < 0) ? errno : ENOSPC;
+            if (written > 0) {
+                remove_partial_write(fd, written);
             }
-            _PyPerf_SetError(errno, "cannot write %s", path);
+            _PyPerf_SetError(saved_errno, "cannot write %s", path);
+            errno = saved_errno;
             return -1;
         }
-        if (n == 0) {
-            _PyPerf_SetError(0, "cannot write %s: no progress", path);
-            return -1;
-        }
-        p += n;
-        size -= (size_t)n;
+        written += (size_t)n;
     }
     return 0;
 }
