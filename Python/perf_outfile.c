@@ -42,6 +42,7 @@ static _Thread_local char perf_error[512] = "no error";
 void
 _PyPerf_SetError(int errnum, const char *format, ...)
 {
+    int saved_errno = errno;
     char message[sizeof(perf_error)];
     va_list vargs;
     va_start(vargs, format);
@@ -65,6 +66,7 @@ _PyPerf_SetError(int errnum, const char *format, ...)
     else {
         memcpy(perf_error, message, sizeof(perf_error));
     }
+    errno = saved_errno;
 }
 
 const char *
@@ -110,17 +112,20 @@ _PyPerf_OpenOutput(const char *path, int flags)
     }
     if (!S_ISREG(st.st_mode)) {
         _PyPerf_SetError(0, "refusing to write %s: not a regular file", path);
+        errno = EINVAL;
         goto error;
     }
     if (st.st_uid != geteuid()) {
         _PyPerf_SetError(0, "refusing to write %s: owned by uid %ld, "
                          "not by this process (uid %ld)", path,
                          (long)st.st_uid, (long)geteuid());
+        errno = EPERM;
         goto error;
     }
     if (st.st_nlink != 1) {
         _PyPerf_SetError(0, "refusing to write %s: it has %ld hard links",
                          path, (long)st.st_nlink);
+        errno = EPERM;
         goto error;
     }
 
@@ -139,7 +144,11 @@ _PyPerf_OpenOutput(const char *path, int flags)
     return fd;
 
 error:
-    close(fd);
+    {
+        int saved_errno = errno;
+        close(fd);
+        errno = saved_errno;
+    }
     return -1;
 }
 

@@ -515,10 +515,11 @@ open_output(const _PyPerf_Backend *backend)
     if (perf_state.backend == backend) {
         return 0;
     }
-    close_output();
+    /* Open the new output first: if that fails, the old one goes on. */
     if (backend->open() < 0) {
         return -1;
     }
+    close_output();
     perf_state.backend = backend;
     /* Everything must be described again in the new output. */
     advance_epoch();
@@ -552,8 +553,7 @@ activate(PyInterpreterState *interp, const _PyPerf_Backend *backend)
         }
     }
     if (open_output(backend) < 0) {
-        remove_hook(interp);
-        return ACTIVATE_FAILED;
+        return ACTIVATE_FAILED;     // nothing changed
     }
     _PyInterpreterState_SetEvalFrameFunc(interp, hook_to_install());
     record->active = 1;
@@ -677,14 +677,14 @@ find_backend(const char *name)
 
 /* ---- Start-up: -X perf, -X perf_jit and the environment ----------------- */
 
-/* Parse a switch value: "" and "1" mean on, "0" off, other integers are on
-   if non-zero (as for other PYTHON* variables).  Return -1 for anything
-   else. */
+/* Parse a switch value: "" (as in "-X perf=") and "1" mean on, "0" off,
+   other integers are on if non-zero (as for other PYTHON* variables).
+   Return -1 for anything else. */
 static int
 parse_switch(const char *value)
 {
     if (value[0] == '\0') {
-        return -1;
+        return 1;
     }
     char *end;
     errno = 0;
