@@ -18,30 +18,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import textwrap
 import unittest
 
 PERF = shutil.which("perf")
 NOFP_PYTHON = os.environ.get("PERF_TEST_NOFP_PYTHON")
 
-DEMO = textwrap.dedent("""\
-    import sys
-
-    def foo(n):
-        result = 0
-        for _ in range(n):
-            result += 1
-        return result
-
-    def bar(n):
-        foo(n)
-
-    def baz(n):
-        bar(n)
-
-    if __name__ == "__main__":
-        baz(int(sys.argv[1]))
-    """)
+# The example of the documentation, also profiled by "make demo".
+DEMO_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                         "Tools", "perfsupport", "demo.py")
+with open(DEMO_PATH) as demo_file:
+    DEMO = demo_file.read()
 
 CHAIN = ("py::bar:", "py::baz:", "py::<module>:")
 

@@ -1,0 +1,244 @@
+# Build, test and export the backport of CPython 3.12's perf support
+# (-X perf, perf map trampolines, jitdump) to CPython 3.11.2.
+#
+# "make help" lists the targets and variables.  GNU make; every variable
+# below can be overridden on the command line (make VAR=value target).
+#
+# Layout under build/ (everything here is generated; "make clean" removes all
+# of it except build/download/, "make distclean" removes build/ entirely):
+#
+#   build/download/            Debian's orig tarball python3.11_3.11.2.orig.tar.gz
+#                              (+ the .dsc/.debian.tar.xz apt fetched, apt-get.log)
+#   build/pristine/Python-3.11.N/  the unpacked source, never modified
+#   build/pristine/cpython     symlink to it (the name the scripts use)
+#   build/src/cpython/         working tree: pristine + new files laid in +
+#                              patches/series applied (generated ones included)
+#   build/stamps/              make's stamps: source-id, newfiles.list,
+#                              patched, laid-in
+#   build/fp/                  out-of-tree build with frame pointers (default);
+#                              build.log, perfsupport-config, smoke.out
+#   build/nofp/                out-of-tree build without (FRAME_POINTERS=no)
+#   build/demo.py, build/demo/ the perf demo: script, perf.data, report.txt
+#   build/regen/, build/regen-check/  scratch trees of "make regen" and
+#                              "make check-regen" (removed when they succeed)
+#   build/perf-support-3.11.patch  combined patch written by "make patch"
+#   build/export/              scratch files of "make patch"
+#   build/check-patch/         fresh tree the combined patch is checked on
+#                              (and, for check-patch, built in place)
+#   build/test/                logs of "make test", one per step
+#   build/abi/                 "make abi-check": stock and patched shared builds
+#
+# The new files under Python/ Include/ Lib/ Doc/ Misc/ Modules/ Tools/ (but
+# not Tools/perfsupport/ or Tools/bench/) are laid into the working tree at
+# the same path.  When a file in patches/ changes, the working tree is
+# re-created from pristine and the whole series re-applied; when only a new
+# file changes, only that file is copied again.  Files whose content did not
+# change keep their mtime, so the CPython builds recompile only what changed.
+
+.DEFAULT_GOAL := all
+SHELL := /bin/sh
+# Steps share trees and builds: never run them in parallel (CPython's own make
+# gets -j$(nproc) from build.sh).
+.NOTPARALLEL:
+
+TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+PS  := $(TOP)/Tools/perfsupport
+
+# ---- variables ------------------------------------------------------------
+# Source tree: empty = Debian's python3.11 orig tarball (fetched with apt);
+# or a Python-3.11.x tarball (.tar.xz, .tgz, .tar.gz) or directory.
+SOURCE ?=
+DEB_VERSION ?= 3.11.2-6+deb12u8
+ORIG_NAME ?= python3.11_3.11.2.orig.tar.gz
+ORIG_SHA256 ?= 2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849
+
+# yes: build in build/fp with frame pointers; no: build/nofp without.
+FRAME_POINTERS ?= yes
+ARCH := $(shell uname -m)
+ifneq ($(filter aarch64 arm64,$(ARCH)),)
+FP_CFLAGS ?= -fno-omit-frame-pointer
+else
+FP_CFLAGS ?= -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer
+endif
+# Extra CFLAGS for both builds (e.g. OPT_CFLAGS=-O3 or -g3).
+OPT_CFLAGS ?=
+# Passed to configure as is (e.g. --enable-optimizations --with-lto
+# --enable-shared --prefix=/opt/py311perf).
+CONFIGURE_FLAGS ?=
+# Compiler; ccache is put in front of it when found (CCACHE= disables).
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+CCACHE ?= $(shell command -v ccache 2>/dev/null)
+BUILD_CC = $(if $(CCACHE),ccache $(CC),$(CC))
+# Interpreter that runs Argument Clinic for "make regen".
+PYTHON_FOR_REGEN ?= python3
+# Script profiled by "make demo" (default: the demo written to build/demo.py).
+SCRIPT ?=
+# Staging root for "make install" (CPython's DESTDIR).
+DESTDIR ?=
+# "make test" also runs check-patch (an extra in-tree build); CHECK_PATCH=no skips it.
+CHECK_PATCH ?= yes
+# "make test" also runs abi-check (two --enable-shared builds); ABI_CHECK=no
+# skips it.
+ABI_CHECK ?= yes
+
+BUILD    := $(TOP)/build
+STAMPS   := $(BUILD)/stamps
+SRC      := $(BUILD)/src/cpython
+PRISTINE := $(BUILD)/pristine/cpython
+FLAVOR   := $(if $(filter no,$(FRAME_POINTERS)),nofp,fp)
+
+ifeq ($(filter yes no,$(FRAME_POINTERS)),)
+$(error FRAME_POINTERS must be yes or no, not '$(FRAME_POINTERS)')
+endif
+
+# Everything the scripts need comes through the environment.
+export PS_TOP := $(TOP)
+export PS_BUILD := $(BUILD)
+export PS_SRC := $(SRC)
+export PS_PRISTINE := $(PRISTINE)
+export PS_STAMPS := $(STAMPS)
+export PS_PATCHES := $(TOP)/patches
+export PS_SOURCE := $(SOURCE)
+export PS_DEB_VERSION := $(DEB_VERSION)
+export PS_ORIG_NAME := $(ORIG_NAME)
+export PS_ORIG_SHA256 := $(ORIG_SHA256)
+export PS_FP_CFLAGS := $(FP_CFLAGS)
+export PS_OPT_CFLAGS := $(OPT_CFLAGS)
+export PS_CONFIGURE_FLAGS := $(CONFIGURE_FLAGS)
+export PS_CC = $(BUILD_CC)
+export PS_PYTHON_FOR_REGEN := $(PYTHON_FOR_REGEN)
+export PS_SCRIPT := $(SCRIPT)
+export PS_CHECK_PATCH := $(CHECK_PATCH)
+export PS_ABI_CHECK := $(ABI_CHECK)
+export PS_DESTDIR := $(DESTDIR)
+
+# Inputs of the working tree.
+PATCH_FILES := $(wildcard $(TOP)/patches/*)
+NEW_FILES   := $(shell PS_TOP='$(TOP)'; . '$(PS)/common.sh'; list_new_files)
+
+.PHONY: all deps fetch source build build-fp build-nofp demo demo-optional \
+        test patch check-patch regen check-regen install abi-check clean distclean help \
+        FORCE
+
+# ---- main targets -----------------------------------------------------------
+all:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory build
+ifeq ($(FLAVOR),fp)
+	@$(MAKE) --no-print-directory demo-optional
+else
+	@echo "[all] demo skipped: it profiles the frame-pointer build (run 'make demo')"
+endif
+	@echo "[all] done: $(BUILD)/$(FLAVOR)/python"
+
+deps:
+	sh $(PS)/install-deps.sh
+
+fetch:
+	@sh $(PS)/fetch-source.sh
+
+source: $(STAMPS)/laid-in
+
+build: build-$(FLAVOR)
+
+build-fp build-nofp: build-%: source
+	@sh $(PS)/build.sh $*
+
+# ---- stamps -----------------------------------------------------------------
+# source-id is rewritten by fetch-source.sh only when the source changes.
+$(STAMPS)/source-id: FORCE
+	@sh $(PS)/fetch-source.sh
+
+$(STAMPS)/pristine: $(STAMPS)/source-id
+	@sh $(PS)/prepare-tree.sh pristine
+	@touch $@
+
+$(STAMPS)/newfiles.list: FORCE
+	@mkdir -p $(STAMPS)
+	@. $(PS)/common.sh && list_new_files | write_if_changed $@
+
+$(STAMPS)/patched: $(STAMPS)/pristine $(PATCH_FILES) $(STAMPS)/newfiles.list
+	@sh $(PS)/prepare-tree.sh patched
+	@touch $@
+
+$(STAMPS)/laid-in: $(STAMPS)/patched $(addprefix $(TOP)/,$(NEW_FILES))
+	@sh $(PS)/prepare-tree.sh lay-in
+	@touch $@
+
+# ---- demo, tests ------------------------------------------------------------
+demo: build-fp
+	@sh $(PS)/demo.sh
+
+# Used by "all" right after the build: a machine where perf cannot record
+# still ends successfully.
+demo-optional:
+	@sh $(PS)/demo.sh --optional
+
+test: deps
+	+@PS_MAKE='$(MAKE)' sh $(PS)/run-tests.sh
+
+# ---- generated patches, export ------------------------------------------------
+regen: $(STAMPS)/pristine
+	@sh $(PS)/regen.sh write
+
+check-regen: $(STAMPS)/pristine
+	@sh $(PS)/regen.sh check
+
+patch: source
+	@sh $(PS)/export-patch.sh
+
+check-patch: source
+	@sh $(PS)/export-patch.sh --build
+
+install: build-fp
+	@sh $(PS)/install.sh
+
+# ABI comparison of stock and patched libpython (Tools/perfsupport/abi-check.sh,
+# written separately; it builds both trees --enable-shared into build/abi/).
+abi-check: source
+	@test -f $(PS)/abi-check.sh || { echo "[abi] Tools/perfsupport/abi-check.sh does not exist"; exit 1; }
+	@sh $(PS)/abi-check.sh $(PRISTINE)/ $(SRC) $(BUILD)/abi
+
+# ---- cleaning -------------------------------------------------------------------
+clean:
+	@echo "[clean] removing build trees (keeping build/download)"
+	@if [ -d $(BUILD) ]; then \
+	    find $(BUILD) -mindepth 1 -maxdepth 1 ! -name download -exec rm -rf {} +; \
+	fi
+
+distclean:
+	@echo "[clean] removing build/"
+	rm -rf $(BUILD)
+
+FORCE:
+
+help:
+	@echo 'Backport of CPython 3.12 perf support to 3.11.2: build, test, export.'
+	@echo
+	@echo 'Targets:'
+	@echo '  all          (default) deps, fetch, build, demo (demo may only report that perf cannot record)'
+	@echo '  deps         install build dependencies, perf, ccache, autoconf2.69 (Tools/perfsupport/install-deps.sh, root)'
+	@echo '  fetch        download/verify the 3.11 source (build/download/) or check SOURCE='
+	@echo '  source       unpack pristine, lay in new files, apply patches/series -> build/src/cpython'
+	@echo '  build        out-of-tree build in build/fp (FRAME_POINTERS=yes) or build/nofp, plus a smoke check'
+	@echo '  demo         perf record + perf report of a nested foo/bar/baz script with -X perf (SCRIPT= to change)'
+	@echo '  test         builds fp and nofp, check-regen, perf tests, stock suites, check-patch; summary table'
+	@echo '  regen        regenerate patches/90-regen-configure.patch and 91-regen-clinic.patch'
+	@echo '  check-regen  fail if the committed generated patches are out of date'
+	@echo '  patch        write build/perf-support-3.11.patch (pristine -> patched) and verify it applies'
+	@echo '  check-patch  patch + plain ./configure && make on a fresh tree, check -X perf works'
+	@echo '  install      make install of build/fp (honours --prefix in CONFIGURE_FLAGS, and DESTDIR=)'
+	@echo '  abi-check    stock vs patched libpython ABI check (Tools/perfsupport/abi-check.sh) in build/abi'
+	@echo '  clean        remove build trees, keep build/download'
+	@echo '  distclean    remove build/'
+	@echo
+	@echo 'Variables (current value):'
+	@echo '  SOURCE=$(SOURCE)   (empty: Debian orig tarball $(ORIG_NAME))'
+	@echo '  FRAME_POINTERS=$(FRAME_POINTERS)   FP_CFLAGS=$(FP_CFLAGS)'
+	@echo '  OPT_CFLAGS=$(OPT_CFLAGS)'
+	@echo '  CONFIGURE_FLAGS=$(CONFIGURE_FLAGS)'
+	@echo '  CC=$(CC)   CCACHE=$(CCACHE)   -> $(BUILD_CC)'
+	@echo '  PYTHON_FOR_REGEN=$(PYTHON_FOR_REGEN)   SCRIPT=$(SCRIPT)   CHECK_PATCH=$(CHECK_PATCH)   ABI_CHECK=$(ABI_CHECK)'
+	@echo '  DESTDIR=$(DESTDIR)   DEB_VERSION=$(DEB_VERSION)'

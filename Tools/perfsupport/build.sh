@@ -1,0 +1,98 @@
+#!/bin/sh
+# Build the patched working tree out of tree, then smoke-test the interpreter.
+#
+#   build.sh fp|nofp
+#
+# build/fp:   CFLAGS = $PS_FP_CFLAGS $PS_OPT_CFLAGS (frame pointers kept)
+# build/nofp: CFLAGS = $PS_OPT_CFLAGS
+# CC is $PS_CC ("ccache gcc" when ccache exists); $PS_CONFIGURE_FLAGS goes to
+# configure as is.  The configure command line is kept in
+# build/<flavor>/perfsupport-config; when it changes the build directory is
+# wiped and configured again (objects compiled with other flags must not be
+# reused; ccache keeps that cheap).  The whole output goes to
+# build/<flavor>/build.log; on failure the last 40 lines are shown.
+set -eu
+flavor=${1:-}
+case "$flavor" in fp|nofp) ;; *) echo "usage: $0 fp|nofp" >&2; exit 2 ;; esac
+PS_TAG="build"
+. "$(dirname "$0")/common.sh"
+clean_python_env
+clean_make_env
+
+: "${PS_CC:=gcc}"
+: "${PS_FP_CFLAGS:=-fno-omit-frame-pointer}"
+: "${PS_OPT_CFLAGS:=}"
+: "${PS_CONFIGURE_FLAGS:=}"
+
+B=$PS_BUILD/$flavor
+LOG=$B/build.log
+[ -f "$PS_SRC/configure" ] || die "no working tree at $PS_SRC: run 'make source'"
+
+if [ "$flavor" = fp ]; then
+    cflags="$PS_FP_CFLAGS $PS_OPT_CFLAGS"
+else
+    cflags="$PS_OPT_CFLAGS"
+fi
+cflags=$(printf '%s' "$cflags" | sed 's/^ *//; s/ *$//')
+
+failed() {
+    step=$1
+    printf '\n[build] BUILD FAILED (%s, step: %s)\n' "$flavor" "$step" >&2
+    printf '[build] full log: %s\n' "$LOG" >&2
+    printf '[build] last 40 lines:\n' >&2
+    tail -n 40 "$LOG" | indent >&2
+    exit 1
+}
+
+now() { date +%s; }
+t0=$(now)
+mkdir -p "$B"
+
+# What configure is run with; compared with the stored one.  The environment
+# variables that configure also reads are part of it.
+want=$(printf 'srcdir=%s\nCC=%s\nCFLAGS=%s\nCONFIGURE_FLAGS=%s\nenv CPPFLAGS=%s LDFLAGS=%s LIBS=%s\n' \
+    "$PS_SRC" "$PS_CC" "$cflags" "$PS_CONFIGURE_FLAGS" "${CPPFLAGS:-}" "${LDFLAGS:-}" "${LIBS:-}")
+have=$(cat "$B/perfsupport-config" 2>/dev/null || true)
+
+: > "$LOG"
+if [ ! -f "$B/Makefile" ] || [ ! -f "$B/config.status" ] || [ "$want" != "$have" ]; then
+    if [ -f "$B/Makefile" ]; then
+        say "$flavor: configuration changed, wiping build/$flavor and configuring again"
+        printf '%s\n' "$have" | sed 's/^/    was: /'
+        printf '%s\n' "$want" | sed 's/^/    now: /'
+    fi
+    find "$B" -mindepth 1 -maxdepth 1 ! -name build.log -exec rm -rf {} +
+    say "$flavor: configure CC='$PS_CC' CFLAGS='$cflags' $PS_CONFIGURE_FLAGS"
+    # CONFIGURE_FLAGS may hold quoted words (--with-foo='a b').
+    eval "set -- $PS_CONFIGURE_FLAGS"
+    (cd "$B" && "$PS_SRC/configure" CC="$PS_CC" CFLAGS="$cflags" "$@") >> "$LOG" 2>&1 \
+        || failed configure
+    printf '%s\n' "$want" > "$B/perfsupport-config"
+fi
+
+jobs=$(nproc_)
+say "$flavor: make -j$jobs (log: $LOG)"
+(cd "$B" && make -j"$jobs") >> "$LOG" 2>&1 || failed "make -j$jobs"
+if grep -q 'Failed to build these modules' "$LOG"; then
+    grep -A3 'Failed to build these modules' "$LOG" | indent >&2
+    failed "extension modules"
+fi
+
+# Smoke check.  LD_LIBRARY_PATH covers --enable-shared builds.
+say "$flavor: smoke check"
+{
+    echo "== smoke check"
+    LD_LIBRARY_PATH=$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$B/python" -c '
+import sys, sysconfig, _ssl, _ctypes, zlib
+print(sys.version)
+if hasattr(sys, "activate_stack_trampoline"):
+    print("PY_HAVE_PERF_TRAMPOLINE =", sysconfig.get_config_var("PY_HAVE_PERF_TRAMPOLINE"))
+else:
+    print("sys.activate_stack_trampoline: not present (perf support not compiled in)")
+fp = "-fno-omit-frame-pointer" in (sysconfig.get_config_var("PY_CORE_CFLAGS") or "")
+print("frame pointers:", "yes" if fp else "no")
+'
+} > "$B/smoke.out" 2>&1 || { cat "$B/smoke.out" >> "$LOG"; failed "smoke check"; }
+cat "$B/smoke.out" >> "$LOG"
+sed -n '2,$p' "$B/smoke.out" | indent
+say "$flavor: OK in $(( $(now) - t0 ))s: $B/python"

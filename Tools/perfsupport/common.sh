@@ -1,0 +1,196 @@
+# Shared helpers for the Tools/perfsupport scripts: message/fail functions,
+# the cleaned-up environment for running Python, the list of new files to lay
+# into the CPython tree, and the patch-application routine with its error
+# reporting.  Sourced (". common.sh") by the other scripts; not run directly.
+#
+# Every script expects PS_TOP (repository root).  The Makefile exports it and
+# the other PS_* variables; when a script is run by hand, PS_TOP defaults to
+# two directories above the script.
+
+: "${PS_TOP:=$(cd "$(dirname "$0")/../.." && pwd)}"
+: "${PS_BUILD:=$PS_TOP/build}"
+: "${PS_PATCHES:=$PS_TOP/patches}"
+: "${PS_SRC:=$PS_BUILD/src/cpython}"
+: "${PS_PRISTINE:=$PS_BUILD/pristine/cpython}"
+: "${PS_STAMPS:=$PS_BUILD/stamps}"
+: "${PS_TAG:=perfsupport}"
+
+say()  { printf '[%s] %s\n' "$PS_TAG" "$*"; }
+warn() { printf '[%s] WARNING: %s\n' "$PS_TAG" "$*" >&2; }
+die()  { printf '[%s] ERROR: %s\n' "$PS_TAG" "$*" >&2; exit 1; }
+
+# Print a file (or stdin) indented, so that tool output stands out from ours.
+indent() { sed 's/^/    | /' "$@"; }
+
+# Drop every PYTHON* variable from the environment of this shell (and so of
+# everything it starts): PYTHONUNBUFFERED and PYTHONDONTWRITEBYTECODE in
+# particular break stock regression tests; PYTHONPATH/PYTHONHOME would make
+# the built interpreter pick up another installation's library.
+clean_python_env() {
+    for _v in $(env | sed -n 's/^\(PYTHON[A-Za-z0-9_]*\)=.*/\1/p'); do
+        unset "$_v"
+    done
+    unset _v
+}
+
+# Variables of the calling make must not leak into CPython's own make
+# (e.g. "make CFLAGS=..." at the top level would override CPython's CFLAGS).
+clean_make_env() {
+    unset MAKEFLAGS MFLAGS MAKELEVEL MAKEOVERRIDES MAKE_TERMOUT MAKE_TERMERR
+}
+
+nproc_() { nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2; }
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# List the new files (relative paths) that are laid into the CPython tree:
+# everything under Python/ Include/ Lib/ Doc/ Misc/ Modules/ Tools/ except the
+# project's own tooling in Tools/perfsupport/ and Tools/bench/.  In a git
+# checkout the list comes from git (tracked files plus untracked, non-ignored
+# ones, so that work in progress is laid in too); otherwise from find.
+list_new_files() {
+    (
+        cd "$PS_TOP" || exit 1
+        dirs="Python Include Lib Doc Misc Modules Tools"
+        if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+            # shellcheck disable=SC2086
+            git ls-files --cached --others --exclude-standard -- $dirs
+        else
+            for d in $dirs; do
+                [ -d "$d" ] && find "$d" -type f
+            done
+        fi | grep -v -e '^Tools/perfsupport/' -e '^Tools/bench/' \
+               -e '/__pycache__/' -e '\.pyc$' -e '~$' -e '\.orig$' -e '\.rej$' \
+           | sort -u \
+           | while IFS= read -r f; do [ -f "$f" ] && printf '%s\n' "$f"; done
+    )
+}
+
+# Names from patches/series, in order, without comments and blank lines.
+series_names() {
+    [ -f "$PS_PATCHES/series" ] || return 0
+    sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' \
+        "$PS_PATCHES/series" | grep -v '^$' || true
+}
+
+# Does the patch file contain at least one hunk?  (Generated patches are
+# written with only their header when there is nothing to change.)
+has_hunks() { grep -q '^@@ ' "$1"; }
+
+# The paths (relative to the tree root, -p1) that a patch touches.
+patch_targets() {
+    sed -n -e 's/^+++ \([^	]*\).*/\1/p' "$1" \
+        | sed -e 's#^[^/]*/##' | grep -v '^dev/null$' | sort -u
+}
+
+# apply_patch TREE PATCHFILE
+# Dry-run first; apply only if every hunk fits.  On failure name the patch,
+# show patch's own output and the text of each rejected hunk, then fail.
+apply_patch() {
+    _tree=$1 _p=$2 _name=$(basename "$2")
+    [ -f "$_p" ] || die "patch '$_name' is listed in patches/series but patches/$_name does not exist"
+    if ! has_hunks "$_p"; then
+        say "$_name: no hunks (empty generated patch), nothing to apply"
+        return 0
+    fi
+    if ! _out=$(cd "$_tree" && patch -p1 --forward --batch --dry-run < "$_p" 2>&1); then
+        printf '[%s] ERROR: patch %s does not apply to %s\n' "$PS_TAG" "$_name" "$_tree" >&2
+        printf '%s\n' "$_out" | indent >&2
+        _failed=$(printf '%s\n' "$_out" | grep -E 'FAILED|Reversed|can.t find file|malformed|Only garbage' || true)
+        [ -n "$_failed" ] && { printf '[%s] failing hunks of %s:\n' "$PS_TAG" "$_name" >&2; printf '%s\n' "$_failed" | indent >&2; }
+        show_rejects "$_tree" "$_p" >&2
+        exit 1
+    fi
+    if ! _out=$(cd "$_tree" && patch -p1 --forward --batch --no-backup-if-mismatch < "$_p" 2>&1); then
+        printf '[%s] ERROR: patch %s failed while applying (after a clean dry run)\n' "$PS_TAG" "$_name" >&2
+        printf '%s\n' "$_out" | indent >&2
+        exit 1
+    fi
+    _n=$(grep -c '^@@ ' "$_p")
+    say "applied $_name ($_n hunk(s))"
+    # Offsets are normal (the shipped configure has 20 --runstatedir lines
+    # that autoconf2.69 on Debian does not generate); fuzz means a context
+    # line did not match: show it.
+    printf '%s\n' "$_out" | grep -E 'fuzz' | indent || true
+    unset _tree _p _name _out _failed _n
+}
+
+# Re-run a failed patch on scratch copies of the files it touches, so that
+# patch writes its .rej file, and print the rejected hunks.
+show_rejects() {
+    _st=$(mktemp -d "${TMPDIR:-/tmp}/ps-rej.XXXXXX")
+    patch_targets "$2" | while IFS= read -r _f; do
+        if [ -f "$1/$_f" ]; then
+            mkdir -p "$_st/$(dirname "$_f")" && cp "$1/$_f" "$_st/$_f"
+        fi
+    done
+    (cd "$_st" && patch -p1 --forward --batch --no-backup-if-mismatch \
+        -r "$_st/ALL.rej" < "$2" >/dev/null 2>&1) || true
+    if [ -s "$_st/ALL.rej" ]; then
+        printf '[%s] rejected hunk(s) of %s:\n' "$PS_TAG" "$(basename "$2")"
+        indent "$_st/ALL.rej"
+    fi
+    rm -rf "$_st"
+    unset _st _f
+}
+
+# apply_series TREE [nonregen]
+# Apply patches/series in order; with "nonregen", skip the generated patches
+# (those whose name contains "regen").
+apply_series() {
+    _n=0
+    for _s in $(series_names); do
+        case "$_s" in
+            *regen*) [ "${2:-}" = nonregen ] && continue ;;
+        esac
+        apply_patch "$1" "$PS_PATCHES/$_s"
+        _n=$((_n + 1))
+    done
+    [ "$_n" -gt 0 ] || say "patches/series lists no patches (nothing to apply)"
+    unset _n _s
+}
+
+# lay_in TREE [quiet]: copy new files into TREE, only those whose content
+# differs (unchanged files keep their mtime, so make does not rebuild them).
+lay_in() {
+    list_new_files | while IFS= read -r _f; do
+        if ! cmp -s "$PS_TOP/$_f" "$1/$_f"; then
+            mkdir -p "$1/$(dirname "$_f")"
+            cp "$PS_TOP/$_f" "$1/$_f"
+            [ "${2:-}" = quiet ] || say "laid in $_f"
+        fi
+    done
+}
+
+# Write FILE with the content of stdin only when it differs (keeps the mtime
+# otherwise: used for stamps that make compares by time).
+write_if_changed() {
+    _tmp="$1.tmp.$$"
+    cat > "$_tmp"
+    if cmp -s "$_tmp" "$1"; then rm -f "$_tmp"; else mv -f "$_tmp" "$1"; fi
+    unset _tmp
+}
+
+# unpack_source DEST: unpack/copy the source named by the source-id stamp
+# into DEST; print the path of its top-level directory.
+unpack_source() {
+    read -r kind path _rest < "$PS_STAMPS/source-id" || die "no $PS_STAMPS/source-id: run 'make fetch'"
+    dest=$1
+    rm -rf "$dest" && mkdir -p "$dest"
+    case "$kind" in
+        tarball)
+            say "unpacking $(basename "$path")" >&2
+            tar --no-same-owner -xf "$path" -C "$dest"
+            ;;
+        dir)
+            say "copying $path" >&2
+            mkdir -p "$dest/tree"
+            (cd "$path" && tar --exclude=.git --exclude=__pycache__ -cf - .) | tar --no-same-owner -xf - -C "$dest/tree"
+            ;;
+        *) die "bad $PS_STAMPS/source-id" ;;
+    esac
+    set -- "$dest"/*
+    [ $# -eq 1 ] && [ -d "$1" ] || die "$path does not unpack to exactly one top-level directory"
+    [ -f "$1/Include/patchlevel.h" ] || die "$path: no Include/patchlevel.h at the top of the tree"
+    echo "$1"
+}

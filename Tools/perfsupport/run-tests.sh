@@ -1,0 +1,172 @@
+#!/bin/sh
+# "make test": build both interpreters, check the generated patches, run the
+# perf tests and the stock suites most likely to be hurt by the patch set,
+# check the exported patch; then print a summary table and the line
+# "N passed, M failed" (counting steps).  Every step runs even when an
+# earlier one failed (steps that need a build which failed are skipped);
+# the exit status is 1 if any step failed.  Logs: build/test/<step>.log.
+#
+# PS_MAKE is the make that called us (the Makefile passes $(MAKE)).
+set -u
+PS_TAG="test"
+. "$(dirname "$0")/common.sh"
+clean_python_env
+
+: "${PS_MAKE:=make}"
+: "${PS_CHECK_PATCH:=yes}"
+: "${PS_ABI_CHECK:=yes}"
+T=$PS_BUILD/test
+FP=$PS_BUILD/fp/python
+NOFP=$PS_BUILD/nofp/python
+rm -rf "$T"
+mkdir -p "$T/work"
+export LD_LIBRARY_PATH="$PS_BUILD/fp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+STOCK="test_sys test_embed test_cmd_line test_capi test_os test_threading test_sysconfig test_gdb test_subprocess test_signal"
+# The suites that cover what the fast calls under the perf trampoline must
+# keep exactly as stock 3.11 does: tracing and profiling hooks, recursion,
+# exceptions and tracebacks, frames, generators, coroutines, threads.  They
+# run with the perf support on in every process (environment variables, so
+# that regrtest's workers and the subprocesses of the tests get it too).
+UNDER_PERF="test_sys_settrace test_sys_setprofile test_generators test_coroutines test_asyncgen test_exceptions test_frame test_inspect test_traceback test_threading test_sys test_scope test_contextlib test_pdb test_bdb test_gc test_weakref"
+
+results=$T/results
+: > "$results"
+nstep=0
+
+# step NAME COMMAND...: run with a header, log to build/test/NN-name.log,
+# record passed/failed and the time taken.
+step() {
+    name=$1; shift
+    nstep=$((nstep + 1))
+    log=$T/$(printf '%02d' $nstep)-$(printf '%s' "$name" | tr -c 'A-Za-z0-9_.\n-' '_').log
+    printf '\n========================================================================\n'
+    printf '[test] step %d: %s\n' $nstep "$name"
+    printf '[test] $ %s\n' "$*"
+    printf '========================================================================\n'
+    t0=$(date +%s)
+    { "$@" 2>&1; echo $? > "$T/rc"; } | tee "$log"
+    rc=$(cat "$T/rc")
+    secs=$(( $(date +%s) - t0 ))
+    if [ "$rc" -eq 0 ]; then res=passed; else res=failed; fi
+    printf '%s\t%s\t%s\n' "$name" "$res" "$secs" >> "$results"
+    printf '[test] step %d (%s): %s in %ss (log: %s)\n' $nstep "$name" "$res" "$secs" "$log"
+    return "$rc"
+}
+
+skip() {
+    nstep=$((nstep + 1))
+    printf '\n[test] step %d: %s: SKIPPED (%s)\n' $nstep "$1" "$2"
+    printf '%s\t%s\t%s\n' "$1" "skipped ($2)" 0 >> "$results"
+}
+
+# The perf test modules present in the working tree's Lib/test.
+existing_tests() {
+    for t in "$@"; do
+        if [ -f "$PS_SRC/Lib/test/$t.py" ] || [ -d "$PS_SRC/Lib/test/$t" ]; then
+            printf '%s ' "$t"
+        fi
+    done
+}
+
+in_dir() { d=$1; shift; (cd "$d" && "$@"); }
+
+# The files that processes profiled by a step leave in /tmp for perf.
+perf_files() {
+    ls -d /tmp/perf-*.map /tmp/jit-*.dump /tmp/jitted-*.so 2>/dev/null | sort
+}
+
+# cleaning_tmp COMMAND...: run COMMAND, then remove the perf files it left in
+# /tmp (those that were not there before).
+cleaning_tmp() {
+    perf_files > "$T/tmp-before"
+    rc=0
+    "$@" || rc=$?
+    perf_files | comm -13 "$T/tmp-before" - | while read -r f; do
+        rm -f "$f"
+    done
+    return $rc
+}
+
+fp_ok=no nofp_ok=no
+step "build fp" $PS_MAKE --no-print-directory build-fp && fp_ok=yes
+step "build nofp" $PS_MAKE --no-print-directory build-nofp && nofp_ok=yes
+step "check-regen" $PS_MAKE --no-print-directory check-regen
+
+perf_tests=$(existing_tests test_perf_profiler test_perfmaps)
+if [ $fp_ok = no ]; then
+    skip "perf tests (fp)" "fp build failed"
+elif [ -z "$perf_tests" ]; then
+    skip "perf tests (fp)" "no test_perf_profiler/test_perfmaps in Lib/test"
+else
+    # shellcheck disable=SC2086
+    step "perf tests (fp)" in_dir "$PS_BUILD/fp" ./python -m test -v $perf_tests
+fi
+
+if [ ! -f "$PS_TOP/test_perf.py" ]; then
+    skip "test_perf.py" "no test_perf.py in the repository"
+elif [ $fp_ok = no ] || [ $nofp_ok = no ]; then
+    skip "test_perf.py" "a build failed"
+else
+    step "test_perf.py" in_dir "$T/work" env PERF_TEST_NOFP_PYTHON="$NOFP" \
+        "$FP" "$PS_TOP/test_perf.py"
+fi
+
+nofp_tests=$(existing_tests test_perf_profiler)
+if [ $nofp_ok = no ]; then
+    skip "perf tests (nofp)" "nofp build failed"
+elif [ -z "$nofp_tests" ]; then
+    skip "perf tests (nofp)" "no test_perf_profiler in Lib/test"
+else
+    step "perf tests (nofp)" in_dir "$PS_BUILD/nofp" \
+        env LD_LIBRARY_PATH="$PS_BUILD/nofp" ./python -m test $nofp_tests
+fi
+
+if [ $fp_ok = no ]; then
+    skip "stock suites (fp)" "fp build failed"
+else
+    # shellcheck disable=SC2086
+    step "stock suites (fp)" in_dir "$PS_BUILD/fp" ./python -m test -j2 --timeout 900 $STOCK
+fi
+
+if [ $fp_ok = no ]; then
+    skip "suites under -X perf" "fp build failed"
+else
+    # shellcheck disable=SC2086
+    step "suites under -X perf" cleaning_tmp in_dir "$PS_BUILD/fp" \
+        env PYTHONPERFSUPPORT=1 ./python -m test -j2 --timeout 900 $UNDER_PERF
+fi
+if [ $nofp_ok = no ]; then
+    skip "suites under -X perf_jit" "nofp build failed"
+else
+    # shellcheck disable=SC2086
+    step "suites under -X perf_jit" cleaning_tmp in_dir "$PS_BUILD/nofp" \
+        env PYTHON_PERF_JIT_SUPPORT=1 ./python -m test -j2 --timeout 900 \
+        $UNDER_PERF
+fi
+
+if [ "$PS_ABI_CHECK" = no ]; then
+    skip "abi-check" "ABI_CHECK=no"
+else
+    step "abi-check" $PS_MAKE --no-print-directory abi-check
+fi
+
+if [ "$PS_CHECK_PATCH" = no ]; then
+    skip "check-patch" "CHECK_PATCH=no"
+else
+    step "check-patch" $PS_MAKE --no-print-directory check-patch
+fi
+
+# ---- summary ------------------------------------------------------------------
+passed=$(awk -F'\t' '$2 == "passed"' "$results" | wc -l)
+failed=$(awk -F'\t' '$2 == "failed"' "$results" | wc -l)
+skipped=$(awk -F'\t' '$2 ~ /^skipped/' "$results" | wc -l)
+printf '\n[test] summary (logs in %s)\n' "$T"
+printf '  %-22s %-44s %8s\n' step result seconds
+printf '  %-22s %-44s %8s\n' ---------------------- -------------------------------------------- --------
+awk -F'\t' '{ printf "  %-22s %-44s %8s\n", $1, $2, $3 }' "$results"
+total=$(awk -F'\t' '{ s += $3 } END { print s + 0 }' "$results")
+printf '  %-22s %-44s %8s\n' total "" "$total"
+[ "$skipped" -eq 0 ] || printf '[test] %d step(s) skipped\n' "$skipped"
+printf '%d passed, %d failed\n' "$passed" "$failed"
+[ "$failed" -eq 0 ]
