@@ -181,7 +181,8 @@ static struct {
     interp_record *interps;
     /* The record that the hook used last, to skip the search. */
     interp_record *last;
-    /* The reasons already reported on stderr, so each is said once. */
+    /* A failure was reported on stderr since the last activation from
+       Python: one warning per failure, not one per call. */
     int warned;
 } perf_state = {.epoch = 1};
 
@@ -818,6 +819,8 @@ _PyPerfTrampoline_SysActivate(const char *name)
     PyInterpreterState *interp = _PyInterpreterState_GET();
     switch (activate(interp, backend)) {
     case ACTIVATE_OK:
+        /* A new start: a later failure deserves a warning of its own. */
+        perf_state.warned = 0;
         Py_RETURN_NONE;
     case ACTIVATE_OTHER_HOOK:
         PyErr_SetString(PyExc_RuntimeError,
