@@ -324,7 +324,12 @@ find_interp(PyInterpreterState *interp)
 }
 
 /* Find or make the record of interp; request its co_extra index once, so
-   that repeated activation never exhausts the indexes. */
+   that repeated activation never exhausts the indexes.  Indexes belong to
+   an interpreter, and so do code objects, except the deep-frozen ones of
+   the standard library, which all interpreters share: with several
+   interpreters, the slot at our index may hold what another interpreter's
+   PEP 523 user stored there.  lookup() then checks that an entry is ours
+   before using it (see is_our_entry()). */
 static interp_record *
 get_interp(PyInterpreterState *interp)
 {
@@ -610,8 +615,8 @@ prepare(PyThreadState *tstate, interp_record *record, PyCodeObject *co,
             _PyCode_SetExtra((PyObject *)co, record->extra_index, entry) < 0)
         {
             PyErr_Clear();
-            _PyPerf_SetError(0, "cannot attach a perf trampoline to %s",
-                             "a code object");
+            _PyPerf_SetError(0, "out of memory attaching a perf trampoline "
+                             "to a code object");
             entry = NULL;
         }
     }
@@ -630,14 +635,53 @@ typedef struct {
     void *ce_extras[1];
 } code_extra;
 
+/* Whether p is one of the entries of our arenas. */
+static int
+is_our_entry(void *p)
+{
+    for (perf_arena *arena = perf_state.arenas; arena != NULL;
+         arena = arena->next)
+    {
+        char *start = (char *)arena->entries;
+        char *end = (char *)(arena->entries + arena->capacity);
+        if ((char *)p >= start && (char *)p < end) {
+            return ((char *)p - start) % sizeof(code_entry) == 0;
+        }
+    }
+    return 0;
+}
+
+/* An entry that is not ours, in a deep-frozen code object shared with
+   another interpreter: leave it alone and run that code without a
+   trampoline. */
+static code_entry foreign_entry;
+
+/* Deep-frozen code objects are static, created with a reference count of
+   999999999 (Tools/scripts/deepfreeze.py); no other code object comes
+   anywhere near it. */
+#define SHARED_CODE_REFCNT (1 << 28)
+
+static inline int
+is_shared_code(PyCodeObject *co)
+{
+    return Py_REFCNT(co) >= SHARED_CODE_REFCNT;
+}
+
 static inline code_entry *
-lookup(interp_record *record, PyCodeObject *co)
+lookup(PyInterpreterState *interp, interp_record *record, PyCodeObject *co)
 {
     code_extra *extra = (code_extra *)co->co_extra;
     if (extra == NULL || record->extra_index >= extra->ce_size) {
         return NULL;
     }
-    return (code_entry *)extra->ce_extras[record->extra_index];
+    code_entry *entry = extra->ce_extras[record->extra_index];
+    if (entry != NULL && is_shared_code(co)
+        && interp->runtime->interpreters.head->next != NULL
+        && !is_our_entry(entry))
+    {
+        return &foreign_entry;
+    }
+    return entry;
 }
 
 PyObject *
@@ -648,7 +692,10 @@ _PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
     if (record == NULL || perf_state.backend == NULL) {
         return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
     }
-    code_entry *entry = lookup(record, frame->f_code);
+    code_entry *entry = lookup(tstate->interp, record, frame->f_code);
+    if (entry == &foreign_entry) {
+        return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
+    }
     if (entry == NULL || entry->epoch != perf_state.epoch) {
         entry = prepare(tstate, record, frame->f_code, entry);
         if (entry == NULL) {
@@ -922,8 +969,10 @@ PyUnstable_PerfTrampoline_CompileCode(PyCodeObject *co)
         return 0;
     }
     interp_record *record = record_of(tstate->interp);
-    code_entry *entry = lookup(record, co);
-    if (entry != NULL && entry->epoch == perf_state.epoch) {
+    code_entry *entry = lookup(tstate->interp, record, co);
+    if (entry == &foreign_entry
+        || (entry != NULL && entry->epoch == perf_state.epoch))
+    {
         return 0;
     }
     if (prepare(tstate, record, co, entry) == NULL) {
