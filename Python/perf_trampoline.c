@@ -510,6 +510,9 @@ close_output(void)
     if (perf_state.backend != NULL) {
         perf_state.backend->close();
         perf_state.backend = NULL;
+        /* No entry is described in a closed output: the hook's fast path
+           then needs no test of its own for it. */
+        advance_epoch();
     }
 }
 
@@ -684,9 +687,12 @@ lookup(PyInterpreterState *interp, interp_record *record, PyCodeObject *co)
     return entry;
 }
 
-PyObject *
-_PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
-                            int throwflag)
+/* Everything but the common case: another interpreter than last time, a
+   code object without a trampoline or not described in this output yet, a
+   shared code object, a closed output. */
+Py_NO_INLINE static PyObject *
+eval_frame_slow_path(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                     int throwflag)
 {
     interp_record *record = record_of(tstate->interp);
     if (record == NULL || perf_state.backend == NULL) {
@@ -705,6 +711,27 @@ _PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
     }
     return entry->trampoline(tstate, frame, throwflag,
                              _PyEval_EvalFrameDefault);
+}
+
+/* The hook.  Its common case is a handful of loads and a tail call into the
+   trampoline, for every Python frame that starts or resumes. */
+PyObject *
+_PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                            int throwflag)
+{
+    interp_record *record = perf_state.last;
+    PyCodeObject *co = frame->f_code;
+    code_extra *extra = (code_extra *)co->co_extra;
+    if (record != NULL && record->interp == tstate->interp && extra != NULL
+        && record->extra_index < extra->ce_size && !is_shared_code(co))
+    {
+        code_entry *entry = extra->ce_extras[record->extra_index];
+        if (entry != NULL && entry->epoch == perf_state.epoch) {
+            return entry->trampoline(tstate, frame, throwflag,
+                                     _PyEval_EvalFrameDefault);
+        }
+    }
+    return eval_frame_slow_path(tstate, frame, throwflag);
 }
 
 

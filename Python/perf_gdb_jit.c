@@ -1,0 +1,829 @@
+/*
+ * Naming perf trampolines in gdb: the JIT compilation interface.
+ *
+ * The problem
+ * -----------
+ * While the perf trampolines are active (Python/perf_trampoline.c), every
+ * Python call runs through a copy of a tiny piece of assembly that lives in
+ * anonymous memory.  perf learns what each copy stands for from a map file
+ * or a jitdump, but gdb reads neither: a backtrace of a live process or of
+ * a core file shows each copy as "?? ()", and without unwind information
+ * for those addresses gdb may stop at the first one:
+ *
+ *     #5 _PyEval_EvalFrameDefault (...)    #5 _PyEval_EvalFrameDefault (...)
+ *     #6 0x00007f2c1e3ff020 in ?? ()  -->  #6 py::baz:/app/demo.py ()
+ *     #7 _PyEval_EvalFrameDefault (...)    #7 _PyEval_EvalFrameDefault (...)
+ *     ...                                  ...
+ *
+ * The interface
+ * -------------
+ * gdb (and lldb) know how to learn about code generated at run time: the
+ * process exports two symbols with agreed names,
+ *
+ *     struct { uint32_t version;          // 1
+ *              uint32_t action_flag;      // 0 none, 1 register, 2 unregister
+ *              entry *relevant_entry;     // the entry the action is about
+ *              entry *first_entry; }      // a doubly-linked list of entries
+ *         __jit_debug_descriptor;
+ *     void __jit_debug_register_code(void);   // empty, never inlined
+ *
+ * and each entry {next, prev, symfile_addr, uint64_t symfile_size} points at
+ * an object file kept in the process's memory.  gdb puts a breakpoint on
+ * __jit_debug_register_code(): to announce an object, the process links its
+ * entry, sets relevant_entry and action_flag, and calls the function; gdb
+ * stops there, reads the object from memory (lazily: parts of it may be read
+ * later, e.g. when it first unwinds through the code) and loads its symbols
+ * and unwind information like those of a shared library.  To withdraw an
+ * object, the process unlinks its entry and calls again with action 2.
+ * gdb also walks the list when it attaches to a running process and when it
+ * opens a core file, so names show in post-mortem backtraces too.
+ *
+ * The two symbols are looked up by name, in the dynamic symbol table when
+ * the binary is stripped: they must have default visibility although
+ * CPython builds with -fvisibility=hidden.  If another library in the
+ * process defines them too (LLVM, LuaJIT, a JVM...), the dynamic linker's
+ * symbol interposition decides: either every JIT shares one list (each
+ * keeps its own entries consistent; they serialise with their own locks
+ * only, which the protocol cannot help), or each library keeps its own
+ * copy, and gdb reads every descriptor it finds.
+ *
+ * The objects
+ * -----------
+ * Each object is a small ELF64 file that describes code without carrying
+ * any (its byte order and machine are the process's own):
+ *
+ *   ELF header        ET_DYN, EM_X86_64 or EM_AARCH64, no program headers
+ *   section headers   [0] null         [1] .text        [2] .eh_frame
+ *                     [3] .debug_info  [4] .debug_abbrev
+ *                     [5] .debug_str   [6] .symtab      [7] .strtab
+ *                     [8] .shstrtab
+ *   .shstrtab         the section names
+ *   .debug_abbrev     two abbreviations: the unit, a function
+ *   .symtab           the null symbol, then one STT_FUNC symbol per
+ *                     trampoline, in .text: its absolute address (the
+ *                     symbols of an ET_DYN are addresses, not offsets in
+ *                     their section) and its size
+ *   .eh_frame         one CIE, one FDE per trampoline, a zero terminator
+ *   .debug_info       one DWARF 4 unit in C whose children are one
+ *                     DW_TAG_subprogram per trampoline: name, low_pc, size
+ *   .strtab           "\0<python perf trampolines>\0py::foo:/app/demo.py\0"
+ *                     and the other names; .debug_str is the same bytes
+ *
+ * .text is SHT_NOBITS: no code is copied.  gdb places each SHF_ALLOC
+ * section at its sh_addr, so .text (from the first trampoline to the end of
+ * the last) is exactly where the trampolines are.
+ *
+ * The .eh_frame says how each trampoline's frame is built, instruction by
+ * instruction, so gdb unwinds through it into the interpreter and on to
+ * main(), wherever the thread stopped.  The CIE and the FDE are those of
+ * the jitdump (_PyPerf_BuildEhFrame() in Python/perf_jit_trampoline.c
+ * writes both), except that the FDE's pointers are absolute (augmentation
+ * "zR" with DW_EH_PE_absptr: pc_begin and pc_range take 8 bytes each).
+ * The jitdump's pc-relative 4-byte pointers would not do: an object lives
+ * in the heap, possibly more than 2 GiB away from the code, and has no
+ * address of its own for gdb.  The FDEs differ only in pc_begin and in
+ * their pointer back to the CIE: one is built once, then copied.
+ *
+ * Why DWARF entries besides the symbols: gdb guesses the language of a
+ * symbol of .symtab from its name, and its Ada decoder claims lower-case
+ * names with a dot, printing "py::baz:/app/demo.py" as
+ * "py::baz:/app/demo[py]".  A function of .debug_info has the language of
+ * its unit, C, whose names print as they are, and gdb's backtraces prefer
+ * it to the symbol.  Each entry names its function with the offset of the
+ * symbol's name (DW_FORM_strp), .debug_str being .strtab under another
+ * section header: names are stored once and entries have a fixed size.
+ *
+ * Chunks: few objects, few stops
+ * ------------------------------
+ * While gdb is attached, every call of __jit_debug_register_code() is a
+ * breakpoint stop, and gdb's work grows with the number of objects.  So
+ * trampolines are grouped: a chunk describes up to CHUNK_SYMBOLS
+ * trampolines that lie next to each other (the arenas hand them out in
+ * address order), so that its .text covers trampoline memory only.  When a
+ * trampoline is named for the first time, it joins the open chunk (or
+ * opens a new one): the chunk's object is rebuilt with one more symbol and
+ * registered again.
+ *
+ * gdb may read a registered object at any time, lazily, so its bytes must
+ * not change until it is withdrawn.  Each open chunk therefore has two
+ * images of its object: the live one, registered, and a spare one.  Adding
+ * a trampoline brings the spare up to date (the images have the same
+ * layout, so the symbols that the spare lacks are copied from the live one:
+ * one at most), appends the new symbol, FDE and name, registers the spare
+ * and only then withdraws the old live image, which becomes the spare.  At
+ * every instant, each entry in the list points at a complete, unchanging
+ * object, so a core dump or an attach at any moment sees consistent
+ * objects.  (Between the two calls, gdb holds both images, whose .text
+ * overlap: with "set complaints", it reports that it ignores the newer
+ * section until the older is withdrawn, at the next stop.)  Each region of
+ * an object has room for CHUNK_SYMBOLS entries and the string table comes
+ * last, so appending costs a few small copies, not a rebuild; a full chunk
+ * is sealed and its spare image freed.  A sealed chunk takes about 6 KiB
+ * plus its names: some 150 bytes per trampoline.
+ *
+ * When gdb is not attached, adding a trampoline costs a mutex, those
+ * copies and two calls of an empty function: about 660 instructions,
+ * against some 2,900 to name it and write its perf map line (a script that
+ * runs 2000 new functions once under -X perf executes 0.6% more
+ * instructions).  While gdb is attached, each addition is two stops (some
+ * 0.3 ms each here).
+ *
+ * Threads and fork
+ * ----------------
+ * Everything here runs under one pthread mutex.  The list is updated in an
+ * order that keeps it walkable from first_entry at every instruction
+ * (gdb may stop the process anywhere); compiler barriers keep that order.
+ * A forked child keeps the descriptions, which describe its own copies of
+ * the same trampolines, and re-initialises the mutex: the parent's other
+ * threads do not exist in the child.  The trampolines are named with the
+ * GIL held and the thread that forks holds it, so the lock is never held
+ * by another thread in the middle of an update at fork time.
+ *
+ * Memory
+ * ------
+ * Objects and chunks come from PyMem_RawMalloc().  Nothing here raises or
+ * reports: if an allocation fails, the trampolines named from then on are
+ * simply not described (the latch `failed`); the objects registered so far
+ * stay valid.  When the main interpreter is finalised, before the arenas
+ * are unmapped, _PyPerfGdb_Fini() withdraws every object and frees it.
+ */
+
+#include "Python.h"
+#include "pycore_perf_trampoline.h"   // _PyPerfGdb_AddTrampoline()
+
+#if defined(PY_HAVE_PERF_TRAMPOLINE) \
+    && (defined(__x86_64__) \
+        || (defined(__aarch64__) && defined(__BYTE_ORDER__) \
+            && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__))
+#  define GDB_JIT_SUPPORTED 1
+#endif
+
+#ifdef GDB_JIT_SUPPORTED
+
+#include <elf.h>                      // Elf64_Ehdr, Elf64_Shdr, Elf64_Sym
+#include <pthread.h>                  // pthread_mutex_t
+#include <stdint.h>                   // uint64_t, uintptr_t
+#include <string.h>                   // memcpy(), strlen()
+
+#if defined(__x86_64__)
+#  define ELF_MACHINE EM_X86_64
+#else
+#  define ELF_MACHINE EM_AARCH64
+#endif
+
+
+/* ---- The protocol ------------------------------------------------------- */
+
+enum {
+    GDB_JIT_NOACTION = 0,
+    GDB_JIT_REGISTER = 1,
+    GDB_JIT_UNREGISTER = 2,
+};
+
+typedef struct gdb_jit_entry {
+    struct gdb_jit_entry *next;
+    struct gdb_jit_entry *prev;
+    const char *symfile_addr;
+    uint64_t symfile_size;
+} gdb_jit_entry;
+
+typedef struct {
+    uint32_t version;
+    uint32_t action_flag;
+    gdb_jit_entry *relevant_entry;
+    gdb_jit_entry *first_entry;
+} gdb_jit_descriptor;
+
+/* The names are fixed by the protocol (hence no _Py prefix).  Visible from
+   outside the binary despite -fvisibility=hidden; "used" keeps the
+   definitions through link-time optimisation. */
+#define GDB_JIT_EXPORT __attribute__((visibility("default")))
+
+GDB_JIT_EXPORT extern gdb_jit_descriptor __jit_debug_descriptor;
+GDB_JIT_EXPORT void __jit_debug_register_code(void);
+
+GDB_JIT_EXPORT __attribute__((used)) gdb_jit_descriptor
+__jit_debug_descriptor = {
+    .version = 1,
+    .action_flag = GDB_JIT_NOACTION,
+    .relevant_entry = NULL,
+    .first_entry = NULL,
+};
+
+/* gdb's breakpoint.  The empty asm with a memory clobber keeps the compiler
+   from removing calls to a function without effects and makes every store
+   to the descriptor happen before the call. */
+GDB_JIT_EXPORT __attribute__((used, noinline)) void
+__jit_debug_register_code(void)
+{
+    __asm__ __volatile__("" ::: "memory");
+}
+
+/* Keeps the stores to the list in program order. */
+#define COMPILER_BARRIER() __asm__ __volatile__("" ::: "memory")
+
+
+/* ---- The layout of an object -------------------------------------------- */
+
+/* Trampolines per chunk. */
+#define CHUNK_SYMBOLS 64
+/* A trampoline joins the open chunk only if it starts less than this many
+   bytes after the chunk's end: no other mapping fits in a smaller gap
+   between two arenas, so .text never covers someone else's code. */
+#define CHUNK_MAX_GAP 4096
+/* The room for names in a new object; it grows as needed. */
+#define STRTAB_INITIAL_SIZE 2048
+/* The name of the compilation unit, first in .strtab (.debug_str). */
+#define UNIT_NAME "<python perf trampolines>"
+/* The bytes of .strtab before the first trampoline's name. */
+#define STRTAB_START (1 + sizeof(UNIT_NAME))
+
+enum {
+    SEC_NULL,
+    SEC_TEXT,
+    SEC_EH_FRAME,
+    SEC_DEBUG_INFO,
+    SEC_DEBUG_ABBREV,
+    SEC_DEBUG_STR,
+    SEC_SYMTAB,
+    SEC_STRTAB,
+    SEC_SHSTRTAB,
+    SEC_COUNT
+};
+
+static const char *const section_names[SEC_COUNT] = {
+    "", ".text", ".eh_frame", ".debug_info", ".debug_abbrev", ".debug_str",
+    ".symtab", ".strtab", ".shstrtab",
+};
+
+/* DWARF 4 debugging information entries: a C compilation unit whose
+   children are the trampolines. */
+#define DW_TAG_compile_unit     0x11
+#define DW_TAG_subprogram       0x2e
+#define DW_CHILDREN_no          0
+#define DW_CHILDREN_yes         1
+#define DW_AT_name              0x03
+#define DW_AT_language          0x13
+#define DW_AT_low_pc            0x11
+#define DW_AT_high_pc           0x12
+#define DW_AT_external          0x3f
+#define DW_FORM_addr            0x01
+#define DW_FORM_data2           0x05
+#define DW_FORM_data4           0x06
+#define DW_FORM_data8           0x07
+#define DW_FORM_strp            0x0e
+#define DW_FORM_flag_present    0x19
+#define DW_LANG_C99             0x000c
+
+enum { ABBREV_UNIT = 1, ABBREV_FUNCTION = 2 };
+
+/* Every code and value fits in one byte of LEB128. */
+static const uint8_t debug_abbrev[] = {
+    ABBREV_UNIT, DW_TAG_compile_unit, DW_CHILDREN_yes,
+        DW_AT_name, DW_FORM_strp,
+        DW_AT_language, DW_FORM_data2,
+        DW_AT_low_pc, DW_FORM_addr,
+        DW_AT_high_pc, DW_FORM_data8,       // a length, from DWARF 4 on
+        0, 0,
+    ABBREV_FUNCTION, DW_TAG_subprogram, DW_CHILDREN_no,
+        DW_AT_name, DW_FORM_strp,
+        DW_AT_external, DW_FORM_flag_present,
+        DW_AT_low_pc, DW_FORM_addr,
+        DW_AT_high_pc, DW_FORM_data4,
+        0, 0,
+    0,
+};
+
+/* The unit header (unit_length 4, version 2, debug_abbrev_offset 4,
+   address_size 1), then the unit's entry. */
+#define UNIT_HEADER_SIZE 11
+#define UNIT_LOW_PC (UNIT_HEADER_SIZE + 1 + 4 + 2)
+#define UNIT_HIGH_PC (UNIT_LOW_PC + 8)
+#define UNIT_SIZE (UNIT_HIGH_PC + 8)
+/* A trampoline's entry: abbreviation, name, low_pc, high_pc. */
+#define FUNCTION_DIE_SIZE (1 + 4 + 8 + 4)
+
+#define ROUND_UP_8(n) _Py_SIZE_ROUND_UP((n), 8)
+
+/* Where each region starts in an object, and the unwind template.  The
+   same for every object: computed once. */
+static struct {
+    int ready;
+    size_t shstrtab_offset;
+    size_t shstrtab_size;
+    uint32_t name_offset[SEC_COUNT];
+    size_t debug_abbrev_offset;
+    size_t symtab_offset;
+    size_t eh_frame_offset;
+    size_t cie_size;
+    size_t fde_size;
+    size_t pc_begin_in_fde;         // offset of pc_begin in an FDE
+    size_t debug_info_offset;
+    size_t strtab_offset;           // the end of the fixed part
+    _PyPerf_EhFrame eh;             // the layout of eh_template
+    uint8_t eh_template[128];       // a CIE, an FDE, a terminator
+} layout;
+
+static int
+compute_layout(void)
+{
+    if (_PyPerf_BuildEhFrame(layout.eh_template, sizeof(layout.eh_template),
+                             _PyPerf_EH_ABSOLUTE, &layout.eh) < 0)
+    {
+        return -1;
+    }
+    layout.cie_size = layout.eh.fde_offset;
+    layout.fde_size = layout.eh.size - 4 - layout.eh.fde_offset;
+    layout.pc_begin_in_fde = layout.eh.pc_begin_offset - layout.eh.fde_offset;
+
+    size_t offset = sizeof(Elf64_Ehdr) + SEC_COUNT * sizeof(Elf64_Shdr);
+    layout.shstrtab_offset = offset;
+    size_t size = 0;
+    for (int i = 0; i < SEC_COUNT; i++) {
+        layout.name_offset[i] = (uint32_t)size;
+        size += strlen(section_names[i]) + 1;
+    }
+    layout.shstrtab_size = size;
+    offset += size;
+    layout.debug_abbrev_offset = offset;
+    offset = ROUND_UP_8(offset + sizeof(debug_abbrev));
+    layout.symtab_offset = offset;
+    offset += (1 + CHUNK_SYMBOLS) * sizeof(Elf64_Sym);
+    layout.eh_frame_offset = offset;
+    offset += layout.cie_size + CHUNK_SYMBOLS * layout.fde_size + 4;
+    layout.debug_info_offset = offset;
+    offset += UNIT_SIZE + CHUNK_SYMBOLS * FUNCTION_DIE_SIZE + 1;
+    layout.strtab_offset = ROUND_UP_8(offset);
+    layout.ready = 1;
+    return 0;
+}
+
+static Elf64_Shdr *
+section_header(unsigned char *object, int index)
+{
+    /* Offset 64 + 64 * index of a PyMem_RawMalloc() block: aligned. */
+    return (Elf64_Shdr *)(object + sizeof(Elf64_Ehdr)) + index;
+}
+
+static Elf64_Shdr *
+new_section(unsigned char *object, int index, uint32_t type, size_t offset,
+            size_t alignment)
+{
+    Elf64_Shdr *header = section_header(object, index);
+    header->sh_name = layout.name_offset[index];
+    header->sh_type = type;
+    header->sh_offset = offset;
+    header->sh_addralign = alignment;
+    return header;
+}
+
+/* Write the size low-order bytes of value at *pos, in the byte order of
+   the process (little-endian: see GDB_JIT_SUPPORTED). */
+static void
+put_le(unsigned char *object, size_t *pos, uint64_t value, size_t size)
+{
+    memcpy(object + *pos, &value, size);
+    *pos += size;
+}
+
+/* Write the parts of an object that never change: the ELF header, the
+   section headers but their sizes, the section names, the abbreviations,
+   the null symbol, the CIE, the unit's entry and its name. */
+static void
+write_fixed_part(unsigned char *object)
+{
+    memset(object, 0, layout.strtab_offset);
+
+    Elf64_Ehdr *header = (Elf64_Ehdr *)object;
+    memcpy(header->e_ident, ELFMAG, SELFMAG);
+    header->e_ident[EI_CLASS] = ELFCLASS64;
+    header->e_ident[EI_DATA] = ELFDATA2LSB;
+    header->e_ident[EI_VERSION] = EV_CURRENT;
+    header->e_ident[EI_OSABI] = ELFOSABI_NONE;
+    header->e_type = ET_DYN;
+    header->e_machine = ELF_MACHINE;
+    header->e_version = EV_CURRENT;
+    header->e_shoff = sizeof(Elf64_Ehdr);
+    header->e_ehsize = sizeof(Elf64_Ehdr);
+    header->e_shentsize = sizeof(Elf64_Shdr);
+    header->e_shnum = SEC_COUNT;
+    header->e_shstrndx = SEC_SHSTRTAB;
+
+    Elf64_Shdr *sh;
+    sh = new_section(object, SEC_TEXT, SHT_NOBITS, layout.strtab_offset, 16);
+    sh->sh_flags = SHF_ALLOC | SHF_EXECINSTR;
+    new_section(object, SEC_EH_FRAME, SHT_PROGBITS, layout.eh_frame_offset, 8);
+    new_section(object, SEC_DEBUG_INFO, SHT_PROGBITS,
+                layout.debug_info_offset, 1);
+    sh = new_section(object, SEC_DEBUG_ABBREV, SHT_PROGBITS,
+                     layout.debug_abbrev_offset, 1);
+    sh->sh_size = sizeof(debug_abbrev);
+    /* .debug_str and .strtab are the same bytes: the entries name the
+       trampolines with the symbols' names. */
+    sh = new_section(object, SEC_DEBUG_STR, SHT_PROGBITS,
+                     layout.strtab_offset, 1);
+    sh->sh_flags = SHF_MERGE | SHF_STRINGS;
+    sh->sh_entsize = 1;
+    sh = new_section(object, SEC_SYMTAB, SHT_SYMTAB, layout.symtab_offset, 8);
+    sh->sh_link = SEC_STRTAB;
+    sh->sh_info = 1;                // the first global symbol
+    sh->sh_entsize = sizeof(Elf64_Sym);
+    new_section(object, SEC_STRTAB, SHT_STRTAB, layout.strtab_offset, 1);
+    sh = new_section(object, SEC_SHSTRTAB, SHT_STRTAB,
+                     layout.shstrtab_offset, 1);
+    sh->sh_size = layout.shstrtab_size;
+
+    for (int i = 0; i < SEC_COUNT; i++) {
+        memcpy(object + layout.shstrtab_offset + layout.name_offset[i],
+               section_names[i], strlen(section_names[i]) + 1);
+    }
+    memcpy(object + layout.debug_abbrev_offset, debug_abbrev,
+           sizeof(debug_abbrev));
+    /* The null symbol is all zeros already. */
+    memcpy(object + layout.eh_frame_offset, layout.eh_template,
+           layout.cie_size);
+
+    /* The unit: its length, low_pc and high_pc are set by finish(). */
+    size_t pos = layout.debug_info_offset + 4;
+    put_le(object, &pos, 4, 2);                 // version
+    put_le(object, &pos, 0, 4);                 // debug_abbrev_offset
+    put_le(object, &pos, 8, 1);                 // address_size
+    put_le(object, &pos, ABBREV_UNIT, 1);
+    put_le(object, &pos, 1, 4);                 // name: UNIT_NAME
+    put_le(object, &pos, DW_LANG_C99, 2);
+    assert(pos == layout.debug_info_offset + UNIT_LOW_PC);
+
+    /* .strtab: the empty name, then the unit's name. */
+    object[layout.strtab_offset] = '\0';
+    memcpy(object + layout.strtab_offset + 1, UNIT_NAME, sizeof(UNIT_NAME));
+}
+
+/* ---- Chunks and their images -------------------------------------------- */
+
+/* One version of a chunk's object. */
+typedef struct {
+    gdb_jit_entry entry;            // in gdb's list while registered
+    unsigned char *object;          // the ELF object, or NULL
+    size_t capacity;                // bytes allocated at object
+    size_t strtab_size;             // bytes of .strtab in use
+    int count;                      // trampolines described
+    int registered;
+} image;
+
+typedef struct chunk {
+    struct chunk *next;             // the chunk opened before this one
+    image images[2];
+    int live;                       // the registered image, or -1
+    int sealed;                     // full, or another chunk was opened
+    uintptr_t start;                // the trampolines described
+    uintptr_t end;
+} chunk;
+
+static pthread_mutex_t gdb_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct {
+    chunk *chunks;                  // newest first
+    int failed;                     // an allocation failed: add no more
+} gdb_state;
+
+static void
+notify(gdb_jit_entry *entry, uint32_t action)
+{
+    __jit_debug_descriptor.relevant_entry = entry;
+    __jit_debug_descriptor.action_flag = action;
+    __jit_debug_register_code();
+    __jit_debug_descriptor.action_flag = GDB_JIT_NOACTION;
+}
+
+static void
+register_image(image *img)
+{
+    gdb_jit_entry *entry = &img->entry;
+    gdb_jit_entry *first = __jit_debug_descriptor.first_entry;
+    entry->prev = NULL;
+    entry->next = first;
+    /* Complete before anything points to it. */
+    COMPILER_BARRIER();
+    if (first != NULL) {
+        first->prev = entry;
+    }
+    __jit_debug_descriptor.first_entry = entry;
+    img->registered = 1;
+    notify(entry, GDB_JIT_REGISTER);
+}
+
+static void
+unregister_image(image *img)
+{
+    gdb_jit_entry *entry = &img->entry;
+    if (entry->prev != NULL) {
+        entry->prev->next = entry->next;
+    }
+    else {
+        __jit_debug_descriptor.first_entry = entry->next;
+    }
+    if (entry->next != NULL) {
+        entry->next->prev = entry->prev;
+    }
+    COMPILER_BARRIER();
+    img->registered = 0;
+    notify(entry, GDB_JIT_UNREGISTER);
+}
+
+static void
+free_image(image *img)
+{
+    assert(!img->registered);
+    PyMem_RawFree(img->object);
+    img->object = NULL;
+    img->capacity = 0;
+    img->strtab_size = 0;
+    img->count = 0;
+}
+
+/* Make room in img for a string table of strtab_size bytes; allocate and
+   lay out the object first if needed.  img must not be registered.  Return
+   0, or -1 if out of memory (img unchanged). */
+static int
+reserve(image *img, size_t strtab_size)
+{
+    assert(!img->registered);
+    size_t needed = layout.strtab_offset + strtab_size;
+    if (img->object != NULL && needed <= img->capacity) {
+        return 0;
+    }
+    size_t capacity = layout.strtab_offset + STRTAB_INITIAL_SIZE;
+    if (img->object != NULL) {
+        capacity = img->capacity * 2;
+    }
+    if (capacity < needed) {
+        capacity = needed;
+    }
+    unsigned char *object = PyMem_RawRealloc(img->object, capacity);
+    if (object == NULL) {
+        return -1;
+    }
+    if (img->object == NULL) {
+        write_fixed_part(object);
+        img->strtab_size = STRTAB_START;
+        img->count = 0;
+    }
+    img->object = object;
+    img->capacity = capacity;
+    return 0;
+}
+
+static size_t
+symbol_offset(int index)
+{
+    return layout.symtab_offset + (size_t)(1 + index) * sizeof(Elf64_Sym);
+}
+
+static size_t
+fde_offset(int index)
+{
+    return layout.eh_frame_offset + layout.cie_size
+           + (size_t)index * layout.fde_size;
+}
+
+static size_t
+die_offset(int index)
+{
+    return layout.debug_info_offset + UNIT_SIZE
+           + (size_t)index * FUNCTION_DIE_SIZE;
+}
+
+/* Copy into to what from describes and to lacks: the objects have the same
+   layout and to's content is a prefix of from's. */
+static void
+catch_up(image *to, const image *from)
+{
+    assert(to->count <= from->count);
+    int count = from->count - to->count;
+    if (count == 0) {
+        return;
+    }
+    memcpy(to->object + symbol_offset(to->count),
+           from->object + symbol_offset(to->count),
+           (size_t)count * sizeof(Elf64_Sym));
+    memcpy(to->object + fde_offset(to->count),
+           from->object + fde_offset(to->count),
+           (size_t)count * layout.fde_size);
+    memcpy(to->object + die_offset(to->count),
+           from->object + die_offset(to->count),
+           (size_t)count * FUNCTION_DIE_SIZE);
+    memcpy(to->object + layout.strtab_offset + to->strtab_size,
+           from->object + layout.strtab_offset + to->strtab_size,
+           from->strtab_size - to->strtab_size);
+    to->count = from->count;
+    to->strtab_size = from->strtab_size;
+}
+
+/* Describe one more trampoline in img (room reserved). */
+static void
+append(image *img, uintptr_t code, size_t size, const char *name,
+       size_t name_size)
+{
+    int index = img->count;
+    assert(index < CHUNK_SYMBOLS);
+
+    uint32_t name_offset = (uint32_t)img->strtab_size;
+    Elf64_Sym symbol = {
+        .st_name = name_offset,
+        .st_info = ELF64_ST_INFO(STB_GLOBAL, STT_FUNC),
+        .st_other = STV_DEFAULT,
+        .st_shndx = SEC_TEXT,
+        .st_value = (Elf64_Addr)code,
+        .st_size = (Elf64_Xword)size,
+    };
+    memcpy(img->object + symbol_offset(index), &symbol, sizeof(symbol));
+
+    memcpy(img->object + layout.strtab_offset + img->strtab_size, name,
+           name_size);
+    img->strtab_size += name_size;
+
+    size_t fde = fde_offset(index);
+    memcpy(img->object + fde, layout.eh_template + layout.eh.fde_offset,
+           layout.fde_size);
+    /* The CIE pointer: from this field back to the CIE. */
+    uint32_t cie_pointer = (uint32_t)(fde + 4 - layout.eh_frame_offset);
+    memcpy(img->object + fde + 4, &cie_pointer, 4);
+    uint64_t pc_begin = (uint64_t)code;
+    memcpy(img->object + fde + layout.pc_begin_in_fde, &pc_begin, 8);
+
+    size_t pos = die_offset(index);
+    put_le(img->object, &pos, ABBREV_FUNCTION, 1);
+    put_le(img->object, &pos, name_offset, 4);
+    put_le(img->object, &pos, (uint64_t)code, 8);
+    put_le(img->object, &pos, size, 4);
+    img->count++;
+}
+
+/* Set the sizes that depend on the content, and point the entry at it. */
+static void
+finish(image *img, const chunk *c)
+{
+    unsigned char *object = img->object;
+    size_t eh_frame_size = layout.cie_size
+                           + (size_t)img->count * layout.fde_size;
+    memset(object + layout.eh_frame_offset + eh_frame_size, 0, 4);
+    eh_frame_size += 4;                         // the terminator
+
+    size_t debug_info_size = UNIT_SIZE
+                             + (size_t)img->count * FUNCTION_DIE_SIZE;
+    object[layout.debug_info_offset + debug_info_size] = 0; // no more DIEs
+    debug_info_size += 1;
+    size_t pos = layout.debug_info_offset;
+    put_le(object, &pos, debug_info_size - 4, 4);   // unit_length
+    pos = layout.debug_info_offset + UNIT_LOW_PC;
+    put_le(object, &pos, c->start, 8);
+    put_le(object, &pos, c->end - c->start, 8);     // high_pc: a length
+
+    Elf64_Shdr *text = section_header(object, SEC_TEXT);
+    text->sh_addr = (Elf64_Addr)c->start;
+    text->sh_size = (Elf64_Xword)(c->end - c->start);
+    section_header(object, SEC_EH_FRAME)->sh_size = eh_frame_size;
+    section_header(object, SEC_DEBUG_INFO)->sh_size = debug_info_size;
+    section_header(object, SEC_DEBUG_STR)->sh_size = img->strtab_size;
+    section_header(object, SEC_SYMTAB)->sh_size =
+        (1 + (size_t)img->count) * sizeof(Elf64_Sym);
+    section_header(object, SEC_STRTAB)->sh_size = img->strtab_size;
+
+    img->entry.symfile_addr = (const char *)object;
+    img->entry.symfile_size = layout.strtab_offset + img->strtab_size;
+}
+
+/* No more trampolines for c: free its spare image. */
+static void
+seal(chunk *c)
+{
+    if (c->sealed) {
+        return;
+    }
+    c->sealed = 1;
+    for (int i = 0; i < 2; i++) {
+        if (i != c->live) {
+            free_image(&c->images[i]);
+        }
+    }
+}
+
+static int
+fits(const chunk *c, uintptr_t code)
+{
+    return !c->sealed && code >= c->end && code - c->end < CHUNK_MAX_GAP;
+}
+
+static int
+add_locked(uintptr_t code, size_t size, const char *name)
+{
+    if (!layout.ready && compute_layout() < 0) {
+        return -1;
+    }
+    chunk *c = gdb_state.chunks;
+    if (c == NULL || !fits(c, code)) {
+        chunk *fresh = PyMem_RawCalloc(1, sizeof(chunk));
+        if (fresh == NULL) {
+            return -1;
+        }
+        if (c != NULL) {
+            seal(c);
+        }
+        fresh->live = -1;
+        fresh->start = code;
+        fresh->end = code;
+        fresh->next = c;
+        gdb_state.chunks = c = fresh;
+    }
+
+    int spare_index = (c->live == 0) ? 1 : 0;
+    image *spare = &c->images[spare_index];
+    image *live = (c->live >= 0) ? &c->images[c->live] : NULL;
+    size_t name_size = strlen(name) + 1;
+    /* The spare's content is a prefix of the live image's. */
+    size_t strtab_size = (live != NULL) ? live->strtab_size : STRTAB_START;
+    if (reserve(spare, strtab_size + name_size) < 0) {
+        return -1;
+    }
+
+    /* Nothing can fail from here on. */
+    if (live != NULL) {
+        catch_up(spare, live);
+    }
+    append(spare, code, size, name, name_size);
+    c->end = code + size;
+    finish(spare, c);
+
+    /* The new image first: the names never disappear from the list. */
+    register_image(spare);
+    if (live != NULL) {
+        unregister_image(live);
+    }
+    c->live = spare_index;
+    if (spare->count == CHUNK_SYMBOLS) {
+        seal(c);
+    }
+    return 0;
+}
+
+void
+_PyPerfGdb_AddTrampoline(const void *code, size_t size, const char *name)
+{
+    pthread_mutex_lock(&gdb_lock);
+    if (!gdb_state.failed && add_locked((uintptr_t)code, size, name) < 0) {
+        gdb_state.failed = 1;
+    }
+    pthread_mutex_unlock(&gdb_lock);
+}
+
+void
+_PyPerfGdb_AfterForkChild(void)
+{
+    /* Only this thread exists in the child: whatever the lock's state was,
+       nobody else holds it now. */
+    pthread_mutex_init(&gdb_lock, NULL);
+}
+
+void
+_PyPerfGdb_Fini(void)
+{
+    pthread_mutex_lock(&gdb_lock);
+    chunk *c = gdb_state.chunks;
+    while (c != NULL) {
+        chunk *next = c->next;
+        for (int i = 0; i < 2; i++) {
+            if (c->images[i].registered) {
+                unregister_image(&c->images[i]);
+            }
+            free_image(&c->images[i]);
+        }
+        PyMem_RawFree(c);
+        c = next;
+    }
+    gdb_state.chunks = NULL;
+    gdb_state.failed = 0;
+    pthread_mutex_unlock(&gdb_lock);
+}
+
+#else  /* !GDB_JIT_SUPPORTED */
+
+/* No trampolines, or an architecture without unwind rules: nothing to
+   describe. */
+
+void
+_PyPerfGdb_AddTrampoline(const void *Py_UNUSED(code), size_t Py_UNUSED(size),
+                         const char *Py_UNUSED(name))
+{
+}
+
+void
+_PyPerfGdb_AfterForkChild(void)
+{
+}
+
+void
+_PyPerfGdb_Fini(void)
+{
+}
+
+#endif /* GDB_JIT_SUPPORTED */
