@@ -11,10 +11,12 @@ for patch in $(grep -v '^#' "$here/patches/series" | grep -v regen); do
     file="$here/patches/$patch"
     files=$(sed -n 's|^+++ b/\([^	 ]*\).*|\1|p' "$file" | sort -u)
     header=$(sed '/^diff --git /,$d; /^--- a\//,$d' "$file")
-    {
-        printf '%s\n' "$header"
-        (cd "$tree" && git diff --no-color -- $files)
-    } > "$file.new"
+    diff=$(cd "$tree" && git diff --no-color -- $files)
+    if [ -z "$diff" ]; then
+        echo "$patch: $tree has none of its changes; left as it is" >&2
+        continue
+    fi
+    printf '%s\n%s\n' "$header" "$diff" > "$file.new"
     mv "$file.new" "$file"
     echo "refreshed $patch: $(echo $files)"
 done
