@@ -119,7 +119,8 @@ PATCH_FILES := $(wildcard $(TOP)/patches/*)
 NEW_FILES   := $(shell PS_TOP='$(TOP)'; . '$(PS)/common.sh'; list_new_files)
 
 .PHONY: all deps fetch source build build-fp build-nofp demo demo-optional \
-        test patch check-patch regen check-regen install abi-check clean distclean help \
+        test patch check-patch regen check-regen install abi-check bench build-stock \
+        clean distclean help \
         FORCE
 
 # ---- main targets -----------------------------------------------------------
@@ -195,11 +196,30 @@ check-patch: source
 install: build-fp
 	@sh $(PS)/install.sh
 
-# ABI comparison of stock and patched libpython (Tools/perfsupport/abi-check.sh,
-# written separately; it builds both trees --enable-shared into build/abi/).
+# ABI comparison of stock and patched libpython: both trees built
+# --enable-shared into build/abi/, abidiff, and an extension and an embedding
+# program compiled against stock headers run on the patched library.
 abi-check: source
-	@test -f $(PS)/abi-check.sh || { echo "[abi] Tools/perfsupport/abi-check.sh does not exist"; exit 1; }
 	@sh $(PS)/abi-check.sh $(PRISTINE)/ $(SRC) $(BUILD)/abi
+
+# ---- benchmarks -------------------------------------------------------------
+# The stock interpreter the benchmarks compare with: the pristine tree built
+# with the flags of build/$(FLAVOR).
+STOCK_BUILD := $(BUILD)/stock-$(FLAVOR)
+BENCH_PYTHON ?= python3
+QUICK ?=
+CALLGRIND ?=
+BENCH_OUT ?= $(BUILD)/bench/report$(if $(QUICK),-quick).md
+
+build-stock: $(STAMPS)/pristine
+	@PS_FP_CFLAGS='$(if $(filter nofp,$(FLAVOR)),,$(FP_CFLAGS))' \
+	    sh $(TOP)/Tools/bench/build-stock.sh $(PRISTINE) $(STOCK_BUILD)
+
+bench: build-$(FLAVOR) build-stock
+	@mkdir -p $(dir $(BENCH_OUT))
+	$(BENCH_PYTHON) $(TOP)/Tools/bench/run.py \
+	    --stock $(STOCK_BUILD)/python --patched $(BUILD)/$(FLAVOR)/python \
+	    $(if $(QUICK),--quick) $(if $(CALLGRIND),--callgrind) --out $(BENCH_OUT)
 
 # ---- cleaning -------------------------------------------------------------------
 clean:
@@ -230,7 +250,10 @@ help:
 	@echo '  patch        write build/perf-support-3.11.patch (pristine -> patched) and verify it applies'
 	@echo '  check-patch  patch + plain ./configure && make on a fresh tree, check -X perf works'
 	@echo '  install      make install of build/fp (honours --prefix in CONFIGURE_FLAGS, and DESTDIR=)'
-	@echo '  abi-check    stock vs patched libpython ABI check (Tools/perfsupport/abi-check.sh) in build/abi'
+	@echo '  abi-check    stock vs patched libpython: abidiff, and an extension and an embedding'
+	@echo '               program built on stock headers run on the patched library (build/abi)'
+	@echo '  bench        benchmarks: stock vs patched, off vs -X perf, the generic road, -X perf_jit'
+	@echo '               (QUICK=1: under 3 minutes; CALLGRIND=1: instruction counts too)'
 	@echo '  clean        remove build trees, keep build/download'
 	@echo '  distclean    remove build/'
 	@echo
