@@ -52,6 +52,11 @@
  * unwind information right after the code ("mapped size"); the trampoline
  * arenas leave that much room after each trampoline (reserved_after) so the
  * generated libraries never overlap.
+ *
+ * The CIE and FDE are written by _PyPerf_BuildEhFrame(), which
+ * Python/perf_gdb_jit.c shares to describe the same frames to gdb: there
+ * the FDE's pointers are absolute (DW_EH_PE_absptr), since the objects it
+ * registers live in ordinary memory far from the code.
  */
 
 #include "Python.h"
@@ -72,6 +77,7 @@
 #define DW_CFA_advance_loc          0x40    // | delta
 #define DW_CFA_offset               0x80    // | register
 #define DW_CFA_restore              0xc0    // | register
+#define DW_EH_PE_absptr             0x00
 #define DW_EH_PE_udata4             0x03
 #define DW_EH_PE_sdata4             0x0b
 #define DW_EH_PE_pcrel              0x10
@@ -106,25 +112,42 @@ typedef struct {
     size_t eh_frame_hdr_size;
 } unwind_info;
 
-/* A small writer over unwind_info.bytes. */
+/* A small writer over a buffer of capacity bytes.  Writing past the end
+   sets overflow instead. */
 typedef struct {
     uint8_t *bytes;
     size_t pos;
+    size_t capacity;
+    int overflow;
 } writer;
+
+static void
+put_bytes(writer *w, const void *data, size_t size)
+{
+    if (w->overflow || size > w->capacity - w->pos) {
+        w->overflow = 1;
+        return;
+    }
+    memcpy(w->bytes + w->pos, data, size);
+    w->pos += size;
+}
 
 static void
 put_u8(writer *w, uint8_t value)
 {
-    assert(w->pos < UNWIND_CAPACITY);
-    w->bytes[w->pos++] = value;
+    put_bytes(w, &value, 1);
 }
 
 static void
 put_u32(writer *w, uint32_t value)
 {
-    assert(w->pos + 4 <= UNWIND_CAPACITY);
-    memcpy(w->bytes + w->pos, &value, 4);
-    w->pos += 4;
+    put_bytes(w, &value, 4);
+}
+
+static void
+put_u64(writer *w, uint64_t value)
+{
+    put_bytes(w, &value, 8);
 }
 
 static void
@@ -161,13 +184,15 @@ put_sleb128(writer *w, int64_t value)
 static void
 set_u32_at(writer *w, size_t pos, uint32_t value)
 {
-    memcpy(w->bytes + pos, &value, 4);
+    if (pos + 4 <= w->pos) {
+        memcpy(w->bytes + pos, &value, 4);
+    }
 }
 
 static void
 pad_with_nops(writer *w, size_t start, size_t alignment)
 {
-    while ((w->pos - start) % alignment != 0) {
+    while ((w->pos - start) % alignment != 0 && !w->overflow) {
         put_u8(w, DW_CFA_nop);
     }
 }
@@ -224,13 +249,13 @@ frame_program(writer *w, const _PyPerf_TrampolineLayout *lay)
 #endif
 }
 
-/* Build .eh_frame and .eh_frame_hdr for a trampoline of code_size bytes,
-   laid out by perf right after the code. */
-static void
-build_unwind_info(unwind_info *info, size_t code_size)
+int
+_PyPerf_BuildEhFrame(uint8_t *buffer, size_t capacity, int encoding,
+                     _PyPerf_EhFrame *result)
 {
     const _PyPerf_TrampolineLayout *lay = _PyPerf_GetTrampolineLayout();
-    writer w = {info->bytes, 0};
+    int absolute = (encoding == _PyPerf_EH_ABSOLUTE);
+    writer w = {buffer, 0, capacity, 0};
 
     /* CIE */
     size_t cie = w.pos;
@@ -244,7 +269,8 @@ build_unwind_info(unwind_info *info, size_t code_size)
     put_sleb128(&w, DATA_ALIGNMENT);
     put_uleb128(&w, REG_RA);
     put_uleb128(&w, 1);                         // augmentation data size
-    put_u8(&w, DW_EH_PE_pcrel | DW_EH_PE_sdata4);   // FDE pointers
+    put_u8(&w, absolute ? DW_EH_PE_absptr       // FDE pointers
+                        : DW_EH_PE_pcrel | DW_EH_PE_sdata4);
     put_u8(&w, DW_CFA_def_cfa);                 // on entry
     put_uleb128(&w, REG_SP);
     put_uleb128(&w, ENTRY_CFA_OFFSET);
@@ -258,19 +284,47 @@ build_unwind_info(unwind_info *info, size_t code_size)
     size_t fde = w.pos;
     put_u32(&w, 0);                             // length, set below
     put_u32(&w, (uint32_t)(w.pos - cie));       // back to the CIE
-    /* pc_begin: from this field back to the code, which perf places
-       right before .eh_frame. */
-    put_i32(&w, -(int32_t)(code_size + w.pos));
-    put_i32(&w, (int32_t)lay->code_size);       // pc_range
+    size_t pc_begin = w.pos;
+    if (absolute) {
+        put_u64(&w, 0);                         // pc_begin, by the caller
+        put_u64(&w, lay->code_size);            // pc_range
+    }
+    else {
+        put_i32(&w, 0);                         // pc_begin, by the caller
+        put_i32(&w, (int32_t)lay->code_size);   // pc_range
+    }
     put_uleb128(&w, 0);                         // augmentation data size
     frame_program(&w, lay);
     pad_with_nops(&w, fde, 8);
     set_u32_at(&w, fde, (uint32_t)(w.pos - fde - 4));
 
     put_u32(&w, 0);                             // terminator
-    size_t eh_frame_size = w.pos;
+    if (w.overflow) {
+        return -1;
+    }
+    result->size = w.pos;
+    result->fde_offset = fde;
+    result->pc_begin_offset = pc_begin;
+    return 0;
+}
+
+/* Build .eh_frame and .eh_frame_hdr for a trampoline of code_size bytes,
+   laid out by perf right after the code. */
+static void
+build_unwind_info(unwind_info *info, size_t code_size)
+{
+    _PyPerf_EhFrame eh;
+    int res = _PyPerf_BuildEhFrame(info->bytes, UNWIND_CAPACITY,
+                                   _PyPerf_EH_PCREL, &eh);
+    assert(res == 0);
+    (void)res;
+    /* pc_begin: from this field back to the code, which perf places
+       right before .eh_frame. */
+    int32_t pc_begin = -(int32_t)(code_size + eh.pc_begin_offset);
+    memcpy(info->bytes + eh.pc_begin_offset, &pc_begin, 4);
 
     /* .eh_frame_hdr, right after .eh_frame */
+    writer w = {info->bytes, eh.size, UNWIND_CAPACITY, 0};
     size_t hdr = w.pos;
     put_u8(&w, 1);                              // version
     put_u8(&w, DW_EH_PE_pcrel | DW_EH_PE_sdata4);   // eh_frame_ptr
@@ -279,10 +333,11 @@ build_unwind_info(unwind_info *info, size_t code_size)
     put_i32(&w, -(int32_t)(w.pos));             // eh_frame_ptr -> .eh_frame
     put_u32(&w, 1);                             // fde_count
     put_i32(&w, -(int32_t)(code_size + hdr));   // initial location
-    put_i32(&w, (int32_t)fde - (int32_t)hdr);   // FDE address
+    put_i32(&w, (int32_t)eh.fde_offset - (int32_t)hdr); // FDE address
+    assert(!w.overflow);
 
     info->size = w.pos;
-    info->eh_frame_hdr_size = w.pos - eh_frame_size;
+    info->eh_frame_hdr_size = w.pos - eh.size;
 }
 
 

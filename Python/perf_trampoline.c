@@ -29,7 +29,10 @@
  *   - "perf_jit" (Python/perf_jit_trampoline.c) writes a jitdump with the
  *     code bytes and DWARF unwind information for `perf inject --jit`.
  * This file does not know their formats: it hands each trampoline to the
- * active backend once (see "epochs" below).
+ * active backend once (see "epochs" below).  Whatever the backend, the
+ * first time a trampoline is named it is also described to gdb through its
+ * JIT interface (Python/perf_gdb_jit.c), so that debugger backtraces, live
+ * or from a core file, show the same names.
  *
  * The hook
  * --------
@@ -440,10 +443,17 @@ describe(code_entry *entry, PyCodeObject *co)
     int res = perf_state.backend->emit((void *)entry->trampoline,
                                        described_size(),
                                        PyBytes_AS_STRING(name), co);
-    Py_DECREF(name);
     if (res == 0) {
+        if (entry->epoch == 0) {
+            /* Named for the first time: tell gdb too.  Its description
+               outlives epochs, backends and activations. */
+            _PyPerfGdb_AddTrampoline((void *)entry->trampoline,
+                                     described_size(),
+                                     PyBytes_AS_STRING(name));
+        }
         entry->epoch = perf_state.epoch;
     }
+    Py_DECREF(name);
     return res;
 }
 
@@ -940,6 +950,7 @@ _PyPerfTrampoline_Fini(PyInterpreterState *interp)
     }
     /* No Python frame can run in this process from now on. */
     close_output();
+    _PyPerfGdb_Fini();
     free_arenas();
     while (perf_state.interps != NULL) {    // leaked subinterpreters
         interp_record *next = perf_state.interps->next;
@@ -955,6 +966,7 @@ void
 _PyPerfTrampoline_AfterForkChild(void)
 {
     _PyPerfMap_AfterForkChild();
+    _PyPerfGdb_AfterForkChild();
     /* Only the thread that forked survives, in the main interpreter. */
     PyThreadState *tstate = _PyThreadState_GET();
     if (tstate == NULL || perf_state.backend == NULL) {

@@ -4,7 +4,8 @@
  * hook; it hands each new trampoline to the active backend, which decides
  * what to tell the profiler (Python/perf_map.c: /tmp/perf-PID.map,
  * Python/perf_jit_trampoline.c: /tmp/jit-PID.dump).  Python/perf_outfile.c
- * opens and writes their files in /tmp safely.
+ * opens and writes their files in /tmp safely.  Whatever the backend,
+ * Python/perf_gdb_jit.c describes the trampolines to gdb.
  */
 #ifndef Py_INTERNAL_PERF_TRAMPOLINE_H
 #define Py_INTERNAL_PERF_TRAMPOLINE_H
@@ -17,6 +18,7 @@ extern "C" {
 #endif
 
 #include <stddef.h>               // size_t
+#include <stdint.h>               // uint8_t
 
 
 /* ---- A backend: what to tell the profiler about each trampoline ---- */
@@ -145,6 +147,45 @@ typedef struct {
 } _PyPerf_TrampolineLayout;
 
 extern const _PyPerf_TrampolineLayout * _PyPerf_GetTrampolineLayout(void);
+
+
+/* ---- Unwind information (Python/perf_jit_trampoline.c) ---- */
+
+/* How the FDE written by _PyPerf_BuildEhFrame() encodes its code pointers:
+   4 bytes relative to the field itself (DW_EH_PE_pcrel | DW_EH_PE_sdata4),
+   or 8-byte absolute addresses (DW_EH_PE_absptr). */
+#define _PyPerf_EH_PCREL 0
+#define _PyPerf_EH_ABSOLUTE 1
+
+typedef struct {
+    size_t size;                // bytes written: CIE, FDE, 4-byte terminator
+    size_t fde_offset;          // where the FDE starts (the CIE is before it)
+    size_t pc_begin_offset;     // of the FDE's pc_begin field, from the start
+} _PyPerf_EhFrame;
+
+/* Write into buffer an .eh_frame section that describes one trampoline: a
+   CIE, an FDE with the frame rules of the template (pc_range: its code
+   size) and a zero terminator.  pc_begin is left 0 for the caller to fill
+   in with the given encoding.  Return 0, or -1 if capacity is too small. */
+extern int _PyPerf_BuildEhFrame(uint8_t *buffer, size_t capacity,
+                                int encoding, _PyPerf_EhFrame *result);
+
+
+/* ---- gdb's JIT interface (Python/perf_gdb_jit.c) ---- */
+
+/* Describe a trampoline of size bytes at code, named name
+   ("py::qualname:filename"), to debuggers that read the process's
+   __jit_debug_descriptor (gdb, live or from a core file).  Called once per
+   trampoline, when it is first named.  Thread-safe; never fails: after an
+   allocation failure, trampolines are silently no longer described. */
+extern void _PyPerfGdb_AddTrampoline(const void *code, size_t size,
+                                     const char *name);
+/* Called by _PyPerfTrampoline_AfterForkChild(): the child keeps the
+   descriptions (they are its trampolines too) and resets the lock. */
+extern void _PyPerfGdb_AfterForkChild(void);
+/* Withdraw and free all descriptions; called when the main interpreter is
+   finalised, before the trampolines are unmapped. */
+extern void _PyPerfGdb_Fini(void);
 
 #ifdef __cplusplus
 }

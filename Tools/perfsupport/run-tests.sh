@@ -93,7 +93,7 @@ step "build fp" $PS_MAKE --no-print-directory build-fp && fp_ok=yes
 step "build nofp" $PS_MAKE --no-print-directory build-nofp && nofp_ok=yes
 step "check-regen" $PS_MAKE --no-print-directory check-regen
 
-perf_tests=$(existing_tests test_perf_profiler test_perfmaps)
+perf_tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb)
 if [ $fp_ok = no ]; then
     skip "perf tests (fp)" "fp build failed"
 elif [ -z "$perf_tests" ]; then
@@ -112,7 +112,7 @@ else
         "$FP" "$PS_TOP/test_perf.py"
 fi
 
-nofp_tests=$(existing_tests test_perf_profiler test_perfmaps)
+nofp_tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb)
 if [ $nofp_ok = no ]; then
     skip "perf tests (nofp)" "nofp build failed"
 elif [ -z "$nofp_tests" ]; then
