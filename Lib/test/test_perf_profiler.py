@@ -1152,6 +1152,61 @@ sys.exit(3)
 """
 
 
+FAST_CALLS_SCRIPT = """\
+import dis, sys
+
+def exact(a, b):
+    return a + b
+
+def with_defaults(a, b=1):
+    return a + b
+
+def run():
+    total = 0
+    for i in range(300):
+        total += exact(i, 1)
+        total += with_defaults(i)
+    return total
+
+def specialised_calls():
+    ops = {i.opname for i in dis.get_instructions(run, adaptive=True)}
+    return sorted(op for op in ops if op.startswith("CALL_PY"))
+
+run()                                   # the call sites specialise
+sys.activate_stack_trampoline("perf")
+print(run(), specialised_calls())
+"""
+
+
+class TestFastCalls(PerfTestCase):
+    """Under the perf trampoline's hook, and no other, Python-to-Python calls
+    stay specialised and still enter the callee's trampoline."""
+
+    def test_specialised_calls_use_trampolines(self):
+        script = self.make_script(FAST_CALLS_SCRIPT)
+        res = self.run_ok(script)
+        self.assertEqual(
+            res.out.decode(),
+            "90300 ['CALL_PY_EXACT_ARGS', 'CALL_PY_WITH_DEFAULTS']\n")
+        # The specialised calls went through the hook: the callees, first
+        # run after the activation, have their trampolines.
+        pmap = self.read_map(res.pid)
+        self.assertNamedOnce(pmap, "exact", "with_defaults", "run",
+                             filename=script)
+
+    def test_other_hooks_deoptimise(self):
+        # The same hook under another name takes the generic road, as any
+        # PEP 523 hook does in stock 3.11: the call sites deoptimise.
+        script = self.make_script(FAST_CALLS_SCRIPT)
+        res = self.run_ok(script,
+                          env={"_PYTHON_PERF_GENERIC_CALLS": "1"},
+                          isolated=False)
+        self.assertEqual(res.out.decode(), "90300 []\n")
+        pmap = self.read_map(res.pid)
+        self.assertNamedOnce(pmap, "exact", "with_defaults", "run",
+                             filename=script)
+
+
 class TestBehaviour(PerfTestCase):
 
     def test_generators_and_coroutines_named(self):

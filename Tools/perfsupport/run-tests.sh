@@ -28,7 +28,7 @@ STOCK="test_sys test_embed test_cmd_line test_capi test_os test_threading test_s
 # exceptions and tracebacks, frames, generators, coroutines, threads.  They
 # run with the perf support on in every process (environment variables, so
 # that regrtest's workers and the subprocesses of the tests get it too).
-UNDER_PERF="test_sys_settrace test_sys_setprofile test_generators test_coroutines test_asyncgen test_exceptions test_frame test_inspect test_traceback test_threading test_sys test_scope test_contextlib test_pdb test_bdb test_gc test_weakref"
+UNDER_PERF="test_signal test_sys_settrace test_sys_setprofile test_generators test_coroutines test_asyncgen test_exceptions test_frame test_inspect test_traceback test_threading test_sys test_scope test_contextlib test_pdb test_bdb test_gc test_weakref"
 
 results=$T/results
 : > "$results"
