@@ -15,6 +15,12 @@
 : "${PS_STAMPS:=$PS_BUILD/stamps}"
 : "${PS_TAG:=perfsupport}"
 
+# ccache keeps its cache under $HOME; an environment without HOME (some CI
+# runners) gets one in build/.
+if [ -z "${HOME:-}" ] && [ -z "${CCACHE_DIR:-}" ]; then
+    export CCACHE_DIR="$PS_BUILD/ccache"
+fi
+
 say()  { printf '[%s] %s\n' "$PS_TAG" "$*"; }
 warn() { printf '[%s] WARNING: %s\n' "$PS_TAG" "$*" >&2; }
 die()  { printf '[%s] ERROR: %s\n' "$PS_TAG" "$*" >&2; exit 1; }
