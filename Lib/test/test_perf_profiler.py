@@ -27,7 +27,6 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
-import time
 import unittest
 
 from test import support
@@ -1442,7 +1441,8 @@ class RealPerfTestCase(PerfTestCase):
                               capture_output=True, timeout=PERF_TIMEOUT)
 
     def samples_of(self, data):
-        """The `perf script` text of what perf record wrote to data."""
+        """The file that perf script reads for what perf record wrote to
+        data: data itself, unless a step such as perf inject comes first."""
         return data
 
     def record(self, *python_args, activation=""):
@@ -1487,21 +1487,21 @@ class RealPerfTestCase(PerfTestCase):
                            f"<module> > baz > bar > foo")
 
 
-@unittest.skipUnless(HAS_FRAME_POINTERS,
-                     "built without frame pointers: perf record -g cannot "
-                     "walk the interpreter (TestRealPerfJit covers it)")
-class TestRealPerf(RealPerfTestCase):
-    """perf record -g with the perf map."""
+class RealPerfChecks:
+    """The checks of both backends under the real perf; the class that
+    mixes this in names its backend."""
+
+    backend = None
 
     def test_x_option(self):
-        text, pid, script = self.record("-X", "perf")
+        text, pid, script = self.record("-X", self.backend)
         self.check_python_stacks(text, pid, script)
 
     def test_sys_activate(self):
         # The module's code was entered before the activation: it has no
         # trampoline, but everything it calls afterwards has.
         text, pid, script = self.record(
-            activation='sys.activate_stack_trampoline("perf")')
+            activation=f'sys.activate_stack_trampoline("{self.backend}")')
         self.check_python_stacks(text, pid, script, callers=("bar", "baz"))
 
     def test_without_trampoline(self):
@@ -1511,10 +1511,20 @@ class TestRealPerf(RealPerfTestCase):
         self.assertNoMap(pid)
 
 
-class TestRealPerfJit(RealPerfTestCase):
+@unittest.skipUnless(HAS_FRAME_POINTERS,
+                     "built without frame pointers: perf record -g cannot "
+                     "walk the interpreter (TestRealPerfJit covers it)")
+class TestRealPerf(RealPerfChecks, RealPerfTestCase):
+    """perf record -g with the perf map."""
+
+    backend = "perf"
+
+
+class TestRealPerfJit(RealPerfChecks, RealPerfTestCase):
     """perf record --call-graph dwarf + perf inject --jit with the jitdump:
     what builds without frame pointers rely on (perf 6.8 or newer)."""
 
+    backend = "perf_jit"
     call_graph = ("-F", "499", "-k", "1", "--call-graph", "dwarf,65528")
 
     def setUp(self):
@@ -1532,20 +1542,6 @@ class TestRealPerfJit(RealPerfTestCase):
             self.fail(f"perf inject failed ({proc.returncode}):\n"
                       f"{proc.stderr.decode(errors='replace')}")
         return injected
-
-    def test_x_option(self):
-        text, pid, script = self.record("-X", "perf_jit")
-        self.check_python_stacks(text, pid, script)
-
-    def test_sys_activate(self):
-        text, pid, script = self.record(
-            activation='sys.activate_stack_trampoline("perf_jit")')
-        self.check_python_stacks(text, pid, script, callers=("bar", "baz"))
-
-    def test_without_trampoline(self):
-        text, pid, script = self.record()
-        self.assertGreater(len(perf_stacks(text, pid)), 50)
-        self.assertNotIn("py::", text)
 
 
 # ---- perf_jit: the jitdump --------------------------------------------------
@@ -2140,11 +2136,10 @@ class TestCExtensionWriters(PerfTestCase):
 # ---- Stress: activation, backend switches and fork() under load -------------
 
 # 4 threads call generated functions while the main thread activates and
-# deactivates the trampoline, switches backends and forks.  argv[1] is a
-# time budget in seconds: on a slow machine the loop stops early.
+# deactivates the trampoline, switches backends and forks (about half a
+# second here; the subprocess timeout bounds it).
 STRESS_SCRIPT = """
     import os, sys, threading, time
-    deadline = time.monotonic() + float(sys.argv[1])
     CYCLES = 10_000
     SWITCH_EVERY = 100
     FORKS = 50
@@ -2172,8 +2167,6 @@ STRESS_SCRIPT = """
     cycles = forks = 0
     try:
         for cycle in range(CYCLES):
-            if time.monotonic() > deadline:
-                break
             backend = backends[(cycle // SWITCH_EVERY) % len(backends)]
             sys.activate_stack_trampoline(backend)
             assert sys.is_stack_trampoline_active()
@@ -2212,26 +2205,17 @@ STRESS_SCRIPT = """
 @threading_helper.requires_working_threading()
 class TestStress(PerfTestCase):
 
-    BUDGET = 15.0       # seconds for the loop of STRESS_SCRIPT
-
     def test_activate_switch_and_fork_under_load(self):
-        start = time.monotonic()
-        out, pids = self.run_child(STRESS_SCRIPT, str(self.BUDGET),
-                                   timeout=self.BUDGET + SUBPROCESS_TIMEOUT)
-        elapsed = time.monotonic() - start
+        out, pids = self.run_child(STRESS_SCRIPT)
         summary = re.search(r"^cycles=.*$", out, re.M)
         self.assertIsNotNone(summary, out)
         summary = summary[0]
         if support.verbose:
-            print(f"\n    {summary} ({elapsed:.1f} s)", flush=True)
+            print(f"\n    {summary}", flush=True)
         counts = {key: int(value) for key, value in
                   (item.split("=") for item in summary.split())}
-        if counts["cycles"] == 10_000:
-            self.assertEqual(counts["forks"], 50)
-        else:
-            # Out of time: still, both backends and a fork under each.
-            self.assertGreaterEqual(counts["cycles"], 400, summary)
-            self.assertGreaterEqual(counts["forks"], 2, summary)
+        self.assertEqual(counts["cycles"], 10_000, summary)
+        self.assertEqual(counts["forks"], 50, summary)
         self.assertGreater(counts["calls"], 0)
         parent, children = pids[0], pids[1:]
         self.assertEqual(len(children), counts["forks"])

@@ -8,7 +8,7 @@
 # the patch: CC=$PS_CC (default "ccache gcc" when ccache exists),
 # CFLAGS="$PS_FP_CFLAGS $PS_OPT_CFLAGS" (default: frame pointers), configure
 # flags $PS_CONFIGURE_FLAGS.  The configuration is kept in
-# OUTDIR/stock-config; when it changes, OUTDIR is wiped and configured again,
+# OUTDIR/perfsupport-config; when it changes, OUTDIR is wiped and configured again,
 # otherwise make only rebuilds what changed.  Log: OUTDIR/build.log.
 set -eu
 if [ $# -ne 2 ]; then
@@ -49,22 +49,8 @@ failed() {
 }
 
 t0=$(date +%s)
-want=$(printf 'srcdir=%s\nCC=%s\nCFLAGS=%s\nCONFIGURE_FLAGS=%s\n' \
-    "$SRC" "$PS_CC" "$cflags" "$PS_CONFIGURE_FLAGS")
-have=$(cat "$B/stock-config" 2>/dev/null || true)
 : > "$LOG"
-if [ ! -f "$B/Makefile" ] || [ ! -f "$B/config.status" ] || [ "$want" != "$have" ]; then
-    [ -f "$B/Makefile" ] && say "configuration changed, configuring $B again"
-    find "$B" -mindepth 1 -maxdepth 1 ! -name build.log -exec rm -rf {} +
-    say "configure CC='$PS_CC' CFLAGS='$cflags' $PS_CONFIGURE_FLAGS"
-    eval "set -- $PS_CONFIGURE_FLAGS"
-    (cd "$B" && "$SRC/configure" CC="$PS_CC" CFLAGS="$cflags" "$@") >> "$LOG" 2>&1 \
-        || failed configure
-    printf '%s\n' "$want" > "$B/stock-config"
-fi
-jobs=$(nproc_)
-say "make -j$jobs in $B (log: $LOG)"
-(cd "$B" && make -j"$jobs") >> "$LOG" 2>&1 || failed "make -j$jobs"
+configure_and_make "$SRC" "$B" "$cflags"
 
 LD_LIBRARY_PATH=$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$B/python" -c '
 import sys

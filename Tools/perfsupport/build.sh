@@ -48,31 +48,8 @@ now() { date +%s; }
 t0=$(now)
 mkdir -p "$B"
 
-# What configure is run with; compared with the stored one.  The environment
-# variables that configure also reads are part of it.
-want=$(printf 'srcdir=%s\nCC=%s\nCFLAGS=%s\nCONFIGURE_FLAGS=%s\nenv CPPFLAGS=%s LDFLAGS=%s LIBS=%s\n' \
-    "$PS_SRC" "$PS_CC" "$cflags" "$PS_CONFIGURE_FLAGS" "${CPPFLAGS:-}" "${LDFLAGS:-}" "${LIBS:-}")
-have=$(cat "$B/perfsupport-config" 2>/dev/null || true)
-
 : > "$LOG"
-if [ ! -f "$B/Makefile" ] || [ ! -f "$B/config.status" ] || [ "$want" != "$have" ]; then
-    if [ -f "$B/Makefile" ]; then
-        say "$flavor: configuration changed, wiping build/$flavor and configuring again"
-        printf '%s\n' "$have" | sed 's/^/    was: /'
-        printf '%s\n' "$want" | sed 's/^/    now: /'
-    fi
-    find "$B" -mindepth 1 -maxdepth 1 ! -name build.log -exec rm -rf {} +
-    say "$flavor: configure CC='$PS_CC' CFLAGS='$cflags' $PS_CONFIGURE_FLAGS"
-    # CONFIGURE_FLAGS may hold quoted words (--with-foo='a b').
-    eval "set -- $PS_CONFIGURE_FLAGS"
-    (cd "$B" && "$PS_SRC/configure" CC="$PS_CC" CFLAGS="$cflags" "$@") >> "$LOG" 2>&1 \
-        || failed configure
-    printf '%s\n' "$want" > "$B/perfsupport-config"
-fi
-
-jobs=$(nproc_)
-say "$flavor: make -j$jobs (log: $LOG)"
-(cd "$B" && make -j"$jobs") >> "$LOG" 2>&1 || failed "make -j$jobs"
+configure_and_make "$PS_SRC" "$B" "$cflags"
 if grep -q 'Failed to build these modules' "$LOG"; then
     grep -A3 'Failed to build these modules' "$LOG" | indent >&2
     failed "extension modules"

@@ -200,3 +200,35 @@ unpack_source() {
     [ -f "$1/Include/patchlevel.h" ] || die "$path: no Include/patchlevel.h at the top of the tree"
     echo "$1"
 }
+
+# configure_and_make SRC BUILDDIR CFLAGS: configure SRC out of tree in
+# BUILDDIR with CC=$PS_CC, CFLAGS and $PS_CONFIGURE_FLAGS, from scratch when
+# that configuration differs from the one stored in BUILDDIR (objects
+# compiled with other flags must not be reused; ccache keeps it cheap), then
+# make.  Output goes to $LOG; on error the caller's "failed STEP" runs.
+configure_and_make() {
+    _src=$1 _b=$2 _cflags=$3
+    # The environment variables that configure also reads are part of it.
+    _want=$(printf 'srcdir=%s\nCC=%s\nCFLAGS=%s\nCONFIGURE_FLAGS=%s\nenv CPPFLAGS=%s LDFLAGS=%s LIBS=%s\n' \
+        "$_src" "$PS_CC" "$_cflags" "$PS_CONFIGURE_FLAGS" \
+        "${CPPFLAGS:-}" "${LDFLAGS:-}" "${LIBS:-}")
+    _have=$(cat "$_b/perfsupport-config" 2>/dev/null || true)
+    if [ ! -f "$_b/Makefile" ] || [ ! -f "$_b/config.status" ] \
+       || [ "$_want" != "$_have" ]; then
+        if [ -f "$_b/Makefile" ]; then
+            say "configuration of $_b changed: wiping it and configuring again"
+            printf '%s\n' "$_have" | sed 's/^/    was: /'
+            printf '%s\n' "$_want" | sed 's/^/    now: /'
+        fi
+        find "$_b" -mindepth 1 -maxdepth 1 ! -name build.log -exec rm -rf {} +
+        say "configure CC='$PS_CC' CFLAGS='$_cflags' $PS_CONFIGURE_FLAGS"
+        # CONFIGURE_FLAGS may hold quoted words (--with-foo='a b').
+        eval "set -- $PS_CONFIGURE_FLAGS"
+        (cd "$_b" && "$_src/configure" CC="$PS_CC" CFLAGS="$_cflags" "$@") \
+            >> "$LOG" 2>&1 || failed configure
+        printf '%s\n' "$_want" > "$_b/perfsupport-config"
+    fi
+    _jobs=$(nproc_)
+    say "make -j$_jobs in $_b (log: $LOG)"
+    (cd "$_b" && make -j"$_jobs") >> "$LOG" 2>&1 || failed "make -j$_jobs"
+}

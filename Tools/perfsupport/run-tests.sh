@@ -88,20 +88,30 @@ cleaning_tmp() {
     return $rc
 }
 
+# perf_tests_step NAME fp|nofp BUILD_OK [REGRTEST OPTION...]: the perf test
+# modules present in the working tree's Lib/test, on one build.
+perf_tests_step() {
+    _name=$1 _flavor=$2 _ok=$3
+    shift 3
+    _tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb)
+    if [ "$_ok" = no ]; then
+        skip "$_name" "$_flavor build failed"
+    elif [ -z "$_tests" ]; then
+        skip "$_name" "no perf test module in Lib/test"
+    else
+        # shellcheck disable=SC2086
+        step "$_name" in_dir "$PS_BUILD/$_flavor" \
+            env LD_LIBRARY_PATH="$PS_BUILD/$_flavor" ./python -m test -v \
+            "$@" $_tests
+    fi
+}
+
 fp_ok=no nofp_ok=no
 step "build fp" $PS_MAKE --no-print-directory build-fp && fp_ok=yes
 step "build nofp" $PS_MAKE --no-print-directory build-nofp && nofp_ok=yes
 step "check-regen" $PS_MAKE --no-print-directory check-regen
 
-perf_tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb)
-if [ $fp_ok = no ]; then
-    skip "perf tests (fp)" "fp build failed"
-elif [ -z "$perf_tests" ]; then
-    skip "perf tests (fp)" "no test_perf_profiler/test_perfmaps in Lib/test"
-else
-    # shellcheck disable=SC2086
-    step "perf tests (fp)" in_dir "$PS_BUILD/fp" ./python -m test -v $perf_tests
-fi
+perf_tests_step "perf tests (fp)" fp $fp_ok
 
 if [ ! -f "$PS_TOP/test_perf.py" ]; then
     skip "test_perf.py" "no test_perf.py in the repository"
@@ -112,19 +122,9 @@ else
         "$FP" "$PS_TOP/test_perf.py"
 fi
 
-nofp_tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb)
-if [ $nofp_ok = no ]; then
-    skip "perf tests (nofp)" "nofp build failed"
-elif [ -z "$nofp_tests" ]; then
-    skip "perf tests (nofp)" "no test_perf_profiler in Lib/test"
-else
-    # TestRealPerf needs frame pointers (perf record -g): on this build the
-    # jitdump classes (TestRealPerfJit, TestJitDump) are what matters.
-    # shellcheck disable=SC2086
-    step "perf tests (nofp)" in_dir "$PS_BUILD/nofp" \
-        env LD_LIBRARY_PATH="$PS_BUILD/nofp" ./python -m test -v \
-        -i TestRealPerf $nofp_tests
-fi
+# TestRealPerf needs frame pointers (perf record -g): on this build the
+# jitdump classes (TestRealPerfJit, TestJitDump) are what matters.
+perf_tests_step "perf tests (nofp)" nofp $nofp_ok -i TestRealPerf
 
 if [ $fp_ok = no ]; then
     skip "stock suites (fp)" "fp build failed"
