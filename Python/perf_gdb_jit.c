@@ -96,37 +96,43 @@
  * Chunks: few objects, few stops
  * ------------------------------
  * While gdb is attached, every call of __jit_debug_register_code() is a
- * breakpoint stop, and gdb's work grows with the number of objects.  So
- * trampolines are grouped: a chunk describes up to CHUNK_SYMBOLS
+ * breakpoint stop, and gdb's work at each stop grows with what it holds.
+ * So trampolines are grouped: a chunk describes up to CHUNK_SYMBOLS
  * trampolines that lie next to each other (the arenas hand them out in
  * address order), so that its .text covers trampoline memory only.  When a
  * trampoline is named for the first time, it joins the open chunk (or
  * opens a new one): the chunk's object is rebuilt with one more symbol and
- * registered again.
+ * registered again ("published").
  *
  * gdb may read a registered object at any time, lazily, so its bytes must
  * not change until it is withdrawn.  Each open chunk therefore has two
- * images of its object: the live one, registered, and a spare one.  Adding
- * a trampoline brings the spare up to date (the images have the same
- * layout, so the symbols that the spare lacks are copied from the live one:
- * one at most), appends the new symbol, FDE and name, registers the spare
- * and only then withdraws the old live image, which becomes the spare.  At
- * every instant, each entry in the list points at a complete, unchanging
- * object, so a core dump or an attach at any moment sees consistent
- * objects.  (Between the two calls, gdb holds both images, whose .text
- * overlap: with "set complaints", it reports that it ignores the newer
- * section until the older is withdrawn, at the next stop.)  Each region of
- * an object has room for CHUNK_SYMBOLS entries and the string table comes
- * last, so appending costs a few small copies, not a rebuild; a full chunk
- * is sealed and its spare image freed.  A sealed chunk takes about 6 KiB
- * plus its names: some 150 bytes per trampoline.
+ * images of its object: the live one, registered, and a building one.
+ * Adding a trampoline brings the building image up to date (the images
+ * have the same layout, so the symbols that it lacks are copied from the
+ * live one), appends the new symbol, FDE and name; publishing registers
+ * the building image and only then withdraws the old live image, which
+ * becomes the building one.  At every instant, each entry in the list
+ * points at a complete, unchanging object, so a core dump or an attach at
+ * any moment sees consistent objects.  (Between the two calls, gdb holds
+ * both images, whose .text overlap: with "set complaints", it reports that
+ * it ignores the newer section until the older is withdrawn, at the next
+ * stop.)  Each region of an object has room for CHUNK_SYMBOLS entries and
+ * the string table comes last, so appending costs a few small copies, not
+ * a rebuild; a full chunk is sealed and its spare image freed.
  *
- * When gdb is not attached, adding a trampoline costs a mutex, those
- * copies and two calls of an empty function: about 660 instructions,
- * against some 2,900 to name it and write its perf map line (a script that
- * runs 2000 new functions once under -X perf executes 0.6% more
- * instructions).  While gdb is attached, each addition is two stops (some
- * 0.3 ms each here).
+ * When to publish: at once, while no debugger watches (two calls of an
+ * empty function), so that core files and attaching debuggers find every
+ * name.  A watching debugger (gdb or lldb has a breakpoint instruction
+ * over __jit_debug_register_code()) gets up to PUBLISH_BUDGET
+ * publications per PUBLISH_INTERVAL at once, so that a few new functions
+ * are named before they run; the rest of a burst of new code is published
+ * when the chunk is full or by a flusher thread at most PUBLISH_INTERVAL
+ * later.  The number of stops then grows with the number of new functions
+ * and with time, not faster: start-up under gdb stays linear.
+ *
+ * When the code objects of all the trampolines of a sealed chunk have died
+ * (_PyPerfGdb_ForgetTrampoline()), the chunk is withdrawn and freed: what
+ * a long-running program keeps is what describes its living code.
  *
  * Threads and fork
  * ----------------
@@ -141,11 +147,13 @@
  *
  * Memory
  * ------
- * Objects and chunks come from PyMem_RawMalloc().  Nothing here raises or
+ * Objects and chunks come from malloc().  Nothing here raises or
  * reports: if an allocation fails, the trampolines named from then on are
  * simply not described (the latch `failed`); the objects registered so far
- * stay valid.  When the main interpreter is finalised, before the arenas
- * are unmapped, _PyPerfGdb_Fini() withdraws every object and frees it.
+ * stay valid.  The descriptions live as long as the trampolines they
+ * describe: for the life of the process, since the arenas are never
+ * unmapped.  Python's allocators are not used: their hooks (tracemalloc's)
+ * may take the GIL, which must never be waited for under gdb_lock.
  */
 
 #include "Python.h"
@@ -161,9 +169,13 @@
 #ifdef GDB_JIT_SUPPORTED
 
 #include <elf.h>                      // Elf64_Ehdr, Elf64_Shdr, Elf64_Sym
+#include <errno.h>                    // EINTR
+#include <signal.h>                   // pthread_sigmask()
 #include <pthread.h>                  // pthread_mutex_t
 #include <stdint.h>                   // uint64_t, uintptr_t
+#include <stdlib.h>                   // malloc(), free()
 #include <string.h>                   // memcpy(), strlen()
+#include <time.h>                     // clock_gettime()
 
 #if defined(__x86_64__)
 #  define ELF_MACHINE EM_X86_64
@@ -226,7 +238,11 @@ __jit_debug_register_code(void)
 /* ---- The layout of an object -------------------------------------------- */
 
 /* Trampolines per chunk. */
-#define CHUNK_SYMBOLS 64
+#define CHUNK_SYMBOLS 256
+/* While a debugger watches: registrations made at once per interval (in
+   nanoseconds); what comes beyond waits for the next interval. */
+#define PUBLISH_INTERVAL (100 * 1000 * 1000)
+#define PUBLISH_BUDGET 8
 /* A trampoline joins the open chunk only if it starts less than this many
    bytes after the chunk's end: no other mapping fits in a smaller gap
    between two arenas, so .text never covers someone else's code. */
@@ -361,7 +377,7 @@ compute_layout(void)
 static Elf64_Shdr *
 section_header(unsigned char *object, int index)
 {
-    /* Offset 64 + 64 * index of a PyMem_RawMalloc() block: aligned. */
+    /* Offset 64 + 64 * index of a malloc() block: aligned. */
     return (Elf64_Shdr *)(object + sizeof(Elf64_Ehdr)) + index;
 }
 
@@ -471,10 +487,12 @@ typedef struct {
 } image;
 
 typedef struct chunk {
-    struct chunk *next;             // the chunk opened before this one
+    struct chunk *older;            // the chunk opened before this one
+    struct chunk *newer;            // the chunk opened after it
     image images[2];
     int live;                       // the registered image, or -1
     int sealed;                     // full, or another chunk was opened
+    int alive;                      // its trampolines whose code lives
     uintptr_t start;                // the trampolines described
     uintptr_t end;
 } chunk;
@@ -482,9 +500,40 @@ typedef struct chunk {
 static pthread_mutex_t gdb_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static struct {
-    chunk *chunks;                  // newest first
+    chunk *newest;
     int failed;                     // an allocation failed: add no more
+    int flusher_started;            // see flusher_main()
+    int flush_due;                  // the flusher will publish soon
+    uint64_t window_start;          // see may_publish_now()
+    int window_publishes;
 } gdb_state;
+
+/* Whether a debugger has a breakpoint on __jit_debug_register_code(), so
+   that every registration is a stop: gdb and lldb write a breakpoint
+   instruction over its first instruction while the process runs. */
+static int
+debugger_watching(void)
+{
+    const volatile unsigned char *code =
+        (const volatile unsigned char *)(uintptr_t)__jit_debug_register_code;
+#if defined(__x86_64__)
+    return code[0] == 0xcc;                     // int3
+#else
+    uint32_t insn = (uint32_t)code[0] | (uint32_t)code[1] << 8
+                    | (uint32_t)code[2] << 16 | (uint32_t)code[3] << 24;
+    return (insn & 0xffe0001f) == 0xd4200000;   // brk #imm
+#endif
+}
+
+static uint64_t
+now_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) {
+        return 0;
+    }
+    return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
 
 static void
 notify(gdb_jit_entry *entry, uint32_t action)
@@ -534,7 +583,7 @@ static void
 free_image(image *img)
 {
     assert(!img->registered);
-    PyMem_RawFree(img->object);
+    free(img->object);
     img->object = NULL;
     img->capacity = 0;
     img->strtab_size = 0;
@@ -559,7 +608,7 @@ reserve(image *img, size_t strtab_size)
     if (capacity < needed) {
         capacity = needed;
     }
-    unsigned char *object = PyMem_RawRealloc(img->object, capacity);
+    unsigned char *object = realloc(img->object, capacity);
     if (object == NULL) {
         return -1;
     }
@@ -693,12 +742,39 @@ finish(image *img, const chunk *c)
     img->entry.symfile_size = layout.strtab_offset + img->strtab_size;
 }
 
-/* No more trampolines for c: free its spare image. */
+/* Register what c's building image describes (more than its live image)
+   in place of the live image. */
+static void
+publish(chunk *c)
+{
+    int building = (c->live == 0) ? 1 : 0;
+    image *img = &c->images[building];
+    finish(img, c);
+    /* The new image first: the names never disappear from the list. */
+    register_image(img);
+    if (c->live >= 0) {
+        unregister_image(&c->images[c->live]);
+    }
+    c->live = building;
+}
+
+static int
+has_unpublished(const chunk *c)
+{
+    int building = (c->live == 0) ? 1 : 0;
+    int published = (c->live >= 0) ? c->images[c->live].count : 0;
+    return c->images[building].count > published;
+}
+
+/* No more trampolines for c: publish what it has, free its spare image. */
 static void
 seal(chunk *c)
 {
     if (c->sealed) {
         return;
+    }
+    if (has_unpublished(c)) {
+        publish(c);
     }
     c->sealed = 1;
     for (int i = 0; i < 2; i++) {
@@ -708,101 +784,236 @@ seal(chunk *c)
     }
 }
 
+/* Withdraw c and free it: none of its trampolines can run anymore. */
+static void
+drop(chunk *c)
+{
+    for (int i = 0; i < 2; i++) {
+        if (c->images[i].registered) {
+            unregister_image(&c->images[i]);
+        }
+        free_image(&c->images[i]);
+    }
+    if (c->newer != NULL) {
+        c->newer->older = c->older;
+    }
+    else {
+        gdb_state.newest = c->older;
+    }
+    if (c->older != NULL) {
+        c->older->newer = c->newer;
+    }
+    free(c);
+}
+
+/* Without a debugger watching, registering costs two calls of an empty
+   function: do it at once, so that a core dump or an attach at any moment
+   finds every name.  While one watches, each registration is a stop whose
+   cost grows with what gdb holds: up to PUBLISH_BUDGET registrations per
+   PUBLISH_INTERVAL go at once (a few new functions are named at once),
+   the rest of a burst of new code waits for the flusher (or for a full
+   chunk). */
+static int
+may_publish_now(void)
+{
+    if (!debugger_watching()) {
+        return 1;
+    }
+    uint64_t now = now_ns();
+    if (now - gdb_state.window_start >= PUBLISH_INTERVAL) {
+        gdb_state.window_start = now;
+        gdb_state.window_publishes = 0;
+    }
+    if (gdb_state.window_publishes < PUBLISH_BUDGET) {
+        gdb_state.window_publishes++;
+        return 1;
+    }
+    return 0;
+}
+
+/* The flusher: a thread, started the first time a registration is held
+   back, that publishes the end of a burst, so that what was added reaches
+   the watching debugger at most PUBLISH_INTERVAL later even if no new code
+   follows.  It only takes gdb_lock: no Python state, no GIL.  It blocks
+   every signal, so the program's signals keep going to its own threads. */
+static pthread_cond_t flush_wanted = PTHREAD_COND_INITIALIZER;
+
+static void *
+flusher_main(void *Py_UNUSED(arg))
+{
+    pthread_mutex_lock(&gdb_lock);
+    for (;;) {
+        while (!gdb_state.flush_due) {
+            pthread_cond_wait(&flush_wanted, &gdb_lock);
+        }
+        pthread_mutex_unlock(&gdb_lock);
+        struct timespec delay = {0, PUBLISH_INTERVAL};
+        while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {
+        }
+        pthread_mutex_lock(&gdb_lock);
+        gdb_state.flush_due = 0;
+        chunk *c = gdb_state.newest;
+        if (c != NULL && !c->sealed && has_unpublished(c)) {
+            publish(c);
+        }
+    }
+    return NULL;
+}
+
+/* Ask the flusher to publish soon; with gdb_lock held. */
+static void
+schedule_flush(void)
+{
+    if (!gdb_state.flusher_started) {
+        pthread_attr_t attr;
+        if (pthread_attr_init(&attr) != 0) {
+            return;
+        }
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_t thread;
+        gdb_state.flusher_started =
+            (pthread_create(&thread, &attr, flusher_main, NULL) == 0);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+        if (!gdb_state.flusher_started) {
+            return;             // published with the next new code
+        }
+    }
+    if (!gdb_state.flush_due) {
+        gdb_state.flush_due = 1;
+        pthread_cond_signal(&flush_wanted);
+    }
+}
+
 static int
 fits(const chunk *c, uintptr_t code)
 {
     return !c->sealed && code >= c->end && code - c->end < CHUNK_MAX_GAP;
 }
 
-static int
+static chunk *
 add_locked(uintptr_t code, size_t size, const char *name)
 {
     if (!layout.ready && compute_layout() < 0) {
-        return -1;
+        return NULL;
     }
-    chunk *c = gdb_state.chunks;
+    chunk *c = gdb_state.newest;
     if (c == NULL || !fits(c, code)) {
-        chunk *fresh = PyMem_RawCalloc(1, sizeof(chunk));
+        chunk *fresh = calloc(1, sizeof(chunk));
         if (fresh == NULL) {
-            return -1;
+            return NULL;
         }
         if (c != NULL) {
             seal(c);
+            c->newer = fresh;
         }
         fresh->live = -1;
         fresh->start = code;
         fresh->end = code;
-        fresh->next = c;
-        gdb_state.chunks = c = fresh;
+        fresh->older = c;
+        gdb_state.newest = c = fresh;
     }
 
-    int spare_index = (c->live == 0) ? 1 : 0;
-    image *spare = &c->images[spare_index];
+    image *building = &c->images[(c->live == 0) ? 1 : 0];
     image *live = (c->live >= 0) ? &c->images[c->live] : NULL;
     size_t name_size = strlen(name) + 1;
-    /* The spare's content is a prefix of the live image's. */
-    size_t strtab_size = (live != NULL) ? live->strtab_size : STRTAB_START;
-    if (reserve(spare, strtab_size + name_size) < 0) {
-        return -1;
+    /* The building image holds what the live one holds, and maybe more;
+       a spare that was live before holds less and catches up. */
+    size_t strtab_size = (building->object != NULL) ? building->strtab_size
+                                                    : STRTAB_START;
+    if (live != NULL && live->strtab_size > strtab_size) {
+        strtab_size = live->strtab_size;
+    }
+    if (reserve(building, strtab_size + name_size) < 0) {
+        return NULL;
     }
 
     /* Nothing can fail from here on. */
-    if (live != NULL) {
-        catch_up(spare, live);
+    if (live != NULL && building->count < live->count) {
+        catch_up(building, live);
     }
-    append(spare, code, size, name, name_size);
+    append(building, code, size, name, name_size);
     c->end = code + size;
-    finish(spare, c);
+    c->alive++;
 
-    /* The new image first: the names never disappear from the list. */
-    register_image(spare);
-    if (live != NULL) {
-        unregister_image(live);
-    }
-    c->live = spare_index;
-    if (spare->count == CHUNK_SYMBOLS) {
+    if (building->count == CHUNK_SYMBOLS) {
         seal(c);
     }
-    return 0;
+    else if (may_publish_now()) {
+        publish(c);
+    }
+    else {
+        schedule_flush();
+    }
+    return c;
+}
+
+void *
+_PyPerfGdb_AddTrampoline(const void *code, size_t size, const char *name)
+{
+    chunk *c = NULL;
+    pthread_mutex_lock(&gdb_lock);
+    if (!gdb_state.failed) {
+        c = add_locked((uintptr_t)code, size, name);
+        if (c == NULL) {
+            gdb_state.failed = 1;
+        }
+    }
+    pthread_mutex_unlock(&gdb_lock);
+    return c;
 }
 
 void
-_PyPerfGdb_AddTrampoline(const void *code, size_t size, const char *name)
+_PyPerfGdb_ForgetTrampoline(void *handle)
+{
+    if (handle == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&gdb_lock);
+    chunk *c = handle;
+    c->alive--;
+    if (c->sealed && c->alive == 0) {
+        drop(c);
+    }
+    pthread_mutex_unlock(&gdb_lock);
+}
+
+void
+_PyPerfGdb_Flush(void)
 {
     pthread_mutex_lock(&gdb_lock);
-    if (!gdb_state.failed && add_locked((uintptr_t)code, size, name) < 0) {
-        gdb_state.failed = 1;
+    chunk *c = gdb_state.newest;
+    if (c != NULL && !c->sealed && has_unpublished(c)) {
+        publish(c);
     }
+    pthread_mutex_unlock(&gdb_lock);
+}
+
+void
+_PyPerfGdb_BeforeFork(void)
+{
+    pthread_mutex_lock(&gdb_lock);
+}
+
+void
+_PyPerfGdb_AfterForkParent(void)
+{
     pthread_mutex_unlock(&gdb_lock);
 }
 
 void
 _PyPerfGdb_AfterForkChild(void)
 {
-    /* Only this thread exists in the child: whatever the lock's state was,
-       nobody else holds it now. */
-    pthread_mutex_init(&gdb_lock, NULL);
-}
-
-void
-_PyPerfGdb_Fini(void)
-{
-    pthread_mutex_lock(&gdb_lock);
-    chunk *c = gdb_state.chunks;
-    while (c != NULL) {
-        chunk *next = c->next;
-        for (int i = 0; i < 2; i++) {
-            if (c->images[i].registered) {
-                unregister_image(&c->images[i]);
-            }
-            free_image(&c->images[i]);
-        }
-        PyMem_RawFree(c);
-        c = next;
-    }
-    gdb_state.chunks = NULL;
-    gdb_state.failed = 0;
-    pthread_mutex_unlock(&gdb_lock);
+    _PyPerf_ResetLockAfterFork(&gdb_lock);
+    /* The parent's flusher thread does not exist here: the child starts
+       its own when it needs one. */
+    pthread_cond_init(&flush_wanted, NULL);
+    gdb_state.flusher_started = 0;
+    gdb_state.flush_due = 0;
 }
 
 #else  /* !GDB_JIT_SUPPORTED */
@@ -810,19 +1021,35 @@ _PyPerfGdb_Fini(void)
 /* No trampolines, or an architecture without unwind rules: nothing to
    describe. */
 
-void
+void *
 _PyPerfGdb_AddTrampoline(const void *Py_UNUSED(code), size_t Py_UNUSED(size),
                          const char *Py_UNUSED(name))
+{
+    return NULL;
+}
+
+void
+_PyPerfGdb_ForgetTrampoline(void *Py_UNUSED(handle))
+{
+}
+
+void
+_PyPerfGdb_Flush(void)
+{
+}
+
+void
+_PyPerfGdb_BeforeFork(void)
+{
+}
+
+void
+_PyPerfGdb_AfterForkParent(void)
 {
 }
 
 void
 _PyPerfGdb_AfterForkChild(void)
-{
-}
-
-void
-_PyPerfGdb_Fini(void)
 {
 }
 

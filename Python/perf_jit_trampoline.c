@@ -405,12 +405,12 @@ jit_close(void)
 }
 
 static int
-jit_after_fork_child(int Py_UNUSED(persist))
+jit_after_fork_child(int Py_UNUSED(map_copied))
 {
-    /* The child needs its own dump with its own pid; the trampolines it
+    /* The child has its own dump (_PyJitdump_AfterForkChild() let the
+       parent's go), started at its first record: the trampolines it
        inherited are described again, at the same addresses, as they run. */
-    _PyJitdump_AfterForkChild();
-    return _PyJitdump_Open() < 0 ? -1 : 0;
+    return 0;
 }
 
 const _PyPerf_Backend _PyPerf_JitdumpBackend = {

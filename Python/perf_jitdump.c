@@ -32,8 +32,15 @@
  *
  * perf inject only reads dumps that it saw mapped by the process during
  * `perf record`: the file is mapped once, one page, PROT_READ|PROT_EXEC
- * (perf records mmap events only for executable mappings), and stays mapped
- * until the dump is closed.
+ * (perf records mmap events only for executable mappings), before its
+ * header is written, and stays mapped while the process lives.  A dump
+ * that cannot be mapped (a noexec /tmp) is removed again.
+ *
+ * The file (Python/perf_outfile.c) starts afresh with the first open in
+ * each process; a later open in the same process (the backend switched
+ * away and back, a descriptor that the program closed) appends to it, so
+ * nothing recorded earlier is lost.  A forked child starts its own dump
+ * when it first describes code.
  */
 
 #include "Python.h"
@@ -42,8 +49,8 @@
 #if defined(PY_HAVE_PERF_TRAMPOLINE)
 
 #include <errno.h>                    // errno
-#include <pthread.h>                  // pthread_mutex_t
 #include <stdint.h>                   // uint32_t
+#include <stdlib.h>                   // realloc(), free()
 #include <string.h>                   // memcpy()
 #include <sys/mman.h>                 // mmap()
 #include <sys/syscall.h>              // SYS_gettid
@@ -118,15 +125,24 @@ typedef struct {
 } unwinding_record;
 
 
-static pthread_mutex_t dump_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Started afresh by the first open in each process; appended to when
+   reopened (a switch of backend and back, a descriptor the program
+   closed). */
+static _PyPerfOutput dump_file = _PyPerfOutput_INIT("/tmp/jit-%ld.dump", 1, 1);
 
+/* The PROT_EXEC mapping of the dump that perf record sees, made once per
+   file and kept while the process lives, even while the dump is closed:
+   perf inject reads the whole dump when it meets the mapping, and a second
+   mapping of the same dump would make it inject every record twice. */
 static struct {
-    int fd;                           // -1 when closed
-    char path[64];
-    void *marker;                     // the PROT_EXEC mapping perf sees
-    size_t marker_size;
-    uint64_t code_index;
-} dump = {.fd = -1};
+    void *address;
+    size_t size;
+    dev_t dev;                        // the file mapped
+    ino_t ino;
+} marker;
+
+/* The code index of the next CODE_LOAD in this file. */
+static uint64_t code_index;
 
 
 static uint64_t
@@ -155,7 +171,7 @@ buffer_reserve(buffer *buf, size_t extra)
         return 0;
     }
     size_t capacity = Py_MAX(buf->capacity * 2, buf->size + extra);
-    char *data = PyMem_RawRealloc(buf->data, capacity);
+    char *data = realloc(buf->data, capacity);
     if (data == NULL) {
         return -1;
     }
@@ -259,86 +275,110 @@ add_code_load(buffer *buf, const _PyJitdump_Code *code, uint64_t now,
 /* ---- The file ----------------------------------------------------------- */
 
 static void
-close_locked(void)
+unmap_marker(void)
 {
-    if (dump.marker != NULL) {
-        munmap(dump.marker, dump.marker_size);
-        dump.marker = NULL;
-    }
-    if (dump.fd >= 0) {
-        close(dump.fd);
-        dump.fd = -1;
+    if (marker.address != NULL) {
+        munmap(marker.address, marker.size);
+        marker.address = NULL;
     }
 }
 
+/* Map the open dump executable, unless it is mapped already. */
 static int
-open_locked(void)
+map_marker(void)
 {
-    if (dump.fd >= 0) {
+    if (marker.address != NULL && marker.dev == dump_file.dev
+        && marker.ino == dump_file.ino)
+    {
         return 0;
     }
-    PyOS_snprintf(dump.path, sizeof(dump.path), "/tmp/jit-%ld.dump",
-                  (long)getpid());
-    int fd = _PyPerf_OpenOutput(dump.path, _PyPerf_OUTPUT_TRUNCATE
-                                           | _PyPerf_OUTPUT_READABLE);
-    if (fd < 0) {
-        return -1;
-    }
-    jitdump_header header = {
-        .magic = JITDUMP_MAGIC,
-        .version = JITDUMP_VERSION,
-        .total_size = sizeof(jitdump_header),
-        .elf_mach = JITDUMP_ELF_MACHINE,
-        .pid = (uint32_t)getpid(),
-        .timestamp = timestamp(),
-        .flags = 0,
-    };
-    if (_PyPerf_WriteAll(fd, &header, sizeof(header), dump.path) < 0) {
-        close(fd);
-        return -1;
-    }
+    unmap_marker();
     long page = sysconf(_SC_PAGESIZE);
     size_t size = page > 0 ? (size_t)page : 4096;
-    void *marker = mmap(NULL, size, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);
-    if (marker == MAP_FAILED) {
+    /* Beyond the end of a short file: never touched, only seen. */
+    void *address = mmap(NULL, size, PROT_READ | PROT_EXEC, MAP_PRIVATE,
+                         dump_file.fd, 0);
+    if (address == MAP_FAILED) {
         _PyPerf_SetError(errno, "cannot map %s executable, so perf record "
                          "would not see it (is /tmp mounted noexec?)",
-                         dump.path);
-        close(fd);
+                         dump_file.path);
         return -1;
     }
-    dump.fd = fd;
-    dump.marker = marker;
-    dump.marker_size = size;
-    dump.code_index = 0;
+    marker.address = address;
+    marker.size = size;
+    marker.dev = dump_file.dev;
+    marker.ino = dump_file.ino;
     return 0;
+}
+
+/* Make the dump ready for records: open it if needed; a new, empty file
+   gets its marker mapping first, then its header, or is removed again. */
+static int
+prepare_locked(void)
+{
+    int state = _PyPerfOutput_Prepare(&dump_file);
+    if (state == _PyPerfOutput_FAILED) {
+        return -1;
+    }
+    if (state == _PyPerfOutput_EMPTY) {
+        jitdump_header header = {
+            .magic = JITDUMP_MAGIC,
+            .version = JITDUMP_VERSION,
+            .total_size = sizeof(jitdump_header),
+            .elf_mach = JITDUMP_ELF_MACHINE,
+            .pid = (uint32_t)getpid(),
+            .timestamp = timestamp(),
+            .flags = 0,
+        };
+        if (map_marker() < 0
+            || _PyPerfOutput_Write(&dump_file, &header, sizeof(header)) < 0)
+        {
+            _PyPerfOutput_Discard(&dump_file);
+            return -1;
+        }
+        code_index = 0;
+        return 0;
+    }
+    return map_marker();
 }
 
 int
 _PyJitdump_Open(void)
 {
-    pthread_mutex_lock(&dump_lock);
-    int res = open_locked();
-    pthread_mutex_unlock(&dump_lock);
+    pthread_mutex_lock(&dump_file.lock);
+    int res = prepare_locked();
+    pthread_mutex_unlock(&dump_file.lock);
     return res;
 }
 
 void
 _PyJitdump_Close(void)
 {
-    pthread_mutex_lock(&dump_lock);
-    close_locked();
-    pthread_mutex_unlock(&dump_lock);
+    pthread_mutex_lock(&dump_file.lock);
+    _PyPerfOutput_Close(&dump_file);
+    pthread_mutex_unlock(&dump_file.lock);
+}
+
+void
+_PyJitdump_BeforeFork(void)
+{
+    _PyPerfOutput_BeforeFork(&dump_file);
+}
+
+void
+_PyJitdump_AfterForkParent(void)
+{
+    _PyPerfOutput_AfterForkParent(&dump_file);
 }
 
 void
 _PyJitdump_AfterForkChild(void)
 {
-    pthread_mutex_t unlocked = PTHREAD_MUTEX_INITIALIZER;
-    memcpy(&dump_lock, &unlocked, sizeof(dump_lock));
     /* The descriptor and the mapping are the parent's: let them go without
-       writing anything. */
-    close_locked();
+       writing anything.  The child starts its own dump when it first
+       describes code. */
+    _PyPerfOutput_AfterForkChild(&dump_file);
+    unmap_marker();
 }
 
 int
@@ -347,25 +387,24 @@ _PyJitdump_WriteCode(const _PyJitdump_Code *code)
     buffer buf = {NULL, 0, 0};
     int res = -1;
     uint64_t now = timestamp();
-    pthread_mutex_lock(&dump_lock);
-    if (dump.fd < 0) {
-        _PyPerf_SetError(0, "the jitdump is closed");
+    pthread_mutex_lock(&dump_file.lock);
+    if (prepare_locked() < 0) {
         goto done;
     }
     if (add_debug_info(&buf, code, now) < 0
         || add_unwinding_info(&buf, code, now) < 0
-        || add_code_load(&buf, code, now, dump.code_index) < 0)
+        || add_code_load(&buf, code, now, code_index) < 0)
     {
         _PyPerf_SetError(ENOMEM, "cannot format jitdump records");
         goto done;
     }
-    res = _PyPerf_WriteAll(dump.fd, buf.data, buf.size, dump.path);
+    res = _PyPerfOutput_Write(&dump_file, buf.data, buf.size);
     if (res == 0) {
-        dump.code_index++;
+        code_index++;
     }
 done:
-    pthread_mutex_unlock(&dump_lock);
-    PyMem_RawFree(buf.data);
+    pthread_mutex_unlock(&dump_file.lock);
+    free(buf.data);
     return res;
 }
 

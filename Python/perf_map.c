@@ -24,11 +24,16 @@
  *   - control characters in names (a newline in a file name) become '?',
  *     since a line break would cut the line in two.
  *
- * The file is opened lazily and safely (Python/perf_outfile.c).  After
- * fork() the child must not write into its parent's map: the lock is reset,
- * the inherited descriptor closed, and the child opens /tmp/perf-CHILDPID.map
- * at its first write.  A write from a forked child that never ran
- * PyOS_AfterFork_Child() notices the new pid and does the same.
+ * The file is opened lazily and safely, and starts empty in each process
+ * (Python/perf_outfile.c).  After fork() the child must not write into its
+ * parent's map: the lock is reset, the inherited descriptor let go, and the
+ * child opens /tmp/perf-CHILDPID.map at its first write, so that a child
+ * that calls exec() leaves no map behind.  A write from a forked child that
+ * never ran PyOS_AfterFork_Child() notices the new pid and does the same.
+ * With PyUnstable_PerfTrampoline_SetPersistAfterFork(1), the child instead
+ * starts its map at once with a copy of the parent's: whatever wrote the
+ * parent's lines (the perf backend, C code, both), whether or not the perf
+ * backend is active, the child can name the code it inherited.
  */
 
 #include "Python.h"
@@ -39,63 +44,23 @@
 #include <errno.h>                    // errno
 #include <fcntl.h>                    // open()
 #include <inttypes.h>                 // PRIxPTR
-#include <pthread.h>                  // pthread_mutex_t
 #include <stdint.h>                   // uintptr_t
+#include <stdlib.h>                   // malloc()
 #include <string.h>                   // memcpy()
 #include <sys/stat.h>                 // fstat()
 #include <unistd.h>                   // getpid(), close()
 
 
-static pthread_mutex_t map_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Fresh per process, except for lines that another writer of this process
+   wrote before the interpreter first opened the map (see perf_outfile.c). */
+static _PyPerfOutput map = _PyPerfOutput_INIT("/tmp/perf-%ld.map", 0, 0);
 
-static struct {
-    int fd;                           // -1 when closed
-    pid_t pid;                        // the process the file belongs to
-    char path[64];
-} map = {.fd = -1};
-
-/* The pid of the map that a forked child's parent had open, for
-   PyUnstable_PerfTrampoline_SetPersistAfterFork(). */
-static pid_t parent_map_pid;
-
-
-/* ---- The file, with map_lock held --------------------------------------- */
-
-static void
-close_locked(void)
-{
-    if (map.fd >= 0) {
-        close(map.fd);
-        map.fd = -1;
-    }
-}
-
-static int
-open_locked(void)
-{
-    pid_t pid = getpid();
-    if (map.fd >= 0 && map.pid == pid) {
-        return 0;
-    }
-    if (map.fd >= 0) {
-        /* A forked child that did not run PyOS_AfterFork_Child(): the
-           descriptor is the parent's. */
-        close_locked();
-    }
-    PyOS_snprintf(map.path, sizeof(map.path), "/tmp/perf-%ld.map",
-                  (long)pid);
-    int fd = _PyPerf_OpenOutput(map.path, 0);   // append: shared with C code
-    if (fd < 0) {
-        return -1;
-    }
-    map.fd = fd;
-    map.pid = pid;
-    return 0;
-}
 
 /* Format "START SIZE NAME\n" into buf (of size bufsize), or into a new
-   PyMem_RawMalloc() buffer when it does not fit.  Return the line and set
-   *len, or return NULL when out of memory. */
+   malloc() buffer when it does not fit.  Return the line and set *len, or
+   return NULL when out of memory.  Python's allocators are not used here
+   nor anywhere in this file: their hooks may take the GIL, which a caller
+   without it must never wait for while it holds the map's lock. */
 static char *
 format_line(char *buf, size_t bufsize, const void *code, size_t size,
             const char *name, size_t *len)
@@ -107,7 +72,7 @@ format_line(char *buf, size_t bufsize, const void *code, size_t size,
     size_t total = (size_t)n + name_len + 1;
     char *line = buf;
     if (total > bufsize) {
-        line = PyMem_RawMalloc(total);
+        line = malloc(total);
         if (line == NULL) {
             return NULL;
         }
@@ -134,24 +99,18 @@ write_entry(const void *code, size_t size, const char *name)
         return -1;
     }
     int res;
-    pthread_mutex_lock(&map_lock);
-    res = open_locked();
-    if (res == 0) {
-        res = _PyPerf_WriteAll(map.fd, line, len, map.path);
+    pthread_mutex_lock(&map.lock);
+    res = _PyPerfOutput_Prepare(&map);
+    if (res >= 0) {
+        res = _PyPerfOutput_Write(&map, line, len);
     }
     int saved_errno = errno;
-    pthread_mutex_unlock(&map_lock);
+    pthread_mutex_unlock(&map.lock);
     if (line != buf) {
-        PyMem_RawFree(line);
+        free(line);
     }
     errno = saved_errno;
-    return res;
-}
-
-int
-_PyPerfMap_WriteEntry(const void *code, size_t size, const char *name)
-{
-    return write_entry(code, size, name);
+    return res < 0 ? -1 : 0;
 }
 
 /* Copy the lines of the map at path into this process's map, whole lines
@@ -167,28 +126,32 @@ copy_map(const char *path)
         return -1;
     }
     struct stat src_st;
-    if (fstat(src, &src_st) != 0 || !S_ISREG(src_st.st_mode)) {
-        int err = errno ? errno : EINVAL;
+    if (fstat(src, &src_st) != 0) {
+        int err = errno;
         close(src);
-        _PyPerf_SetError(err, "cannot copy %s: not a regular file", path);
+        _PyPerf_SetError(err, "cannot stat %s", path);
+        errno = err;
+        return -1;
+    }
+    if (!S_ISREG(src_st.st_mode)) {
+        int err = S_ISDIR(src_st.st_mode) ? EISDIR : EINVAL;
+        close(src);
+        _PyPerf_SetError(err, "cannot copy %s", path);
         errno = err;
         return -1;
     }
     size_t size = 64 * 1024, used = 0;
     off_t left = src_st.st_size;
-    char *buf = PyMem_RawMalloc(size + 1);
+    char *buf = malloc(size + 1);
     if (buf == NULL) {
         close(src);
         _PyPerf_SetError(ENOMEM, "cannot copy %s", path);
         errno = ENOMEM;
         return -1;
     }
-    pthread_mutex_lock(&map_lock);
-    int res = open_locked();
-    struct stat map_st;
-    if (res == 0 && fstat(map.fd, &map_st) == 0
-        && map_st.st_dev == src_st.st_dev && map_st.st_ino == src_st.st_ino)
-    {
+    pthread_mutex_lock(&map.lock);
+    int res = _PyPerfOutput_Prepare(&map) < 0 ? -1 : 0;
+    if (res == 0 && map.dev == src_st.st_dev && map.ino == src_st.st_ino) {
         _PyPerf_SetError(0, "cannot copy %s into itself", path);
         errno = EINVAL;
         res = -1;
@@ -219,7 +182,7 @@ copy_map(const char *path)
             whole = used;
         }
         if (whole > 0) {
-            res = _PyPerf_WriteAll(map.fd, buf, whole, map.path);
+            res = _PyPerfOutput_Write(&map, buf, whole);
             memmove(buf, buf + whole, used - whole);
             used -= whole;
         }
@@ -227,9 +190,10 @@ copy_map(const char *path)
             break;
         }
         if (used == size) {     // one line longer than the buffer
-            char *bigger = PyMem_RawRealloc(buf, size * 2 + 1);
+            char *bigger = realloc(buf, size * 2 + 1);
             if (bigger == NULL) {
                 _PyPerf_SetError(ENOMEM, "cannot copy %s", path);
+                errno = ENOMEM;
                 res = -1;
                 break;
             }
@@ -238,21 +202,37 @@ copy_map(const char *path)
         }
     }
     int saved_errno = errno;
-    pthread_mutex_unlock(&map_lock);
-    PyMem_RawFree(buf);
+    pthread_mutex_unlock(&map.lock);
+    free(buf);
     close(src);
     errno = saved_errno;
     return res;
 }
 
 void
-_PyPerfMap_AfterForkChild(void)
+_PyPerfMap_BeforeFork(void)
 {
-    /* Another thread of the parent may have held the lock during fork(). */
-    pthread_mutex_t unlocked = PTHREAD_MUTEX_INITIALIZER;
-    memcpy(&map_lock, &unlocked, sizeof(map_lock));
-    parent_map_pid = (map.fd >= 0) ? map.pid : 0;
-    close_locked();
+    _PyPerfOutput_BeforeFork(&map);
+}
+
+void
+_PyPerfMap_AfterForkParent(void)
+{
+    _PyPerfOutput_AfterForkParent(&map);
+}
+
+int
+_PyPerfMap_AfterForkChild(int persist)
+{
+    /* The map that the parent had open, whoever wrote it: the perf
+       backend, C code through the API, or both. */
+    pid_t parent_pid = _PyPerfOutput_AfterForkChild(&map);
+    if (!persist || parent_pid == 0) {
+        return 0;
+    }
+    char parent[64];
+    PyOS_snprintf(parent, sizeof(parent), map.path_format, (long)parent_pid);
+    return copy_map(parent) < 0 ? -1 : 1;
 }
 
 
@@ -261,10 +241,10 @@ _PyPerfMap_AfterForkChild(void)
 static int
 map_backend_open(void)
 {
-    pthread_mutex_lock(&map_lock);
-    int res = open_locked();
-    pthread_mutex_unlock(&map_lock);
-    return res;
+    pthread_mutex_lock(&map.lock);
+    int res = _PyPerfOutput_Prepare(&map);
+    pthread_mutex_unlock(&map.lock);
+    return res < 0 ? -1 : 0;
 }
 
 static int
@@ -282,18 +262,10 @@ map_backend_close(void)
 }
 
 static int
-map_backend_after_fork_child(int persist)
+map_backend_after_fork_child(int map_copied)
 {
-    if (map_backend_open() < 0) {
-        return -1;
-    }
-    if (!persist || parent_map_pid == 0) {
-        return 0;
-    }
-    char parent[64];
-    PyOS_snprintf(parent, sizeof(parent), "/tmp/perf-%ld.map",
-                  (long)parent_map_pid);
-    return copy_map(parent) < 0 ? -1 : 1;
+    /* The copy of the parent's map names the trampolines already. */
+    return map_copied;
 }
 
 static size_t
@@ -334,9 +306,9 @@ PyUnstable_WritePerfMapEntry(const void *code_addr, unsigned int code_size,
 void
 PyUnstable_PerfMapState_Fini(void)
 {
-    pthread_mutex_lock(&map_lock);
-    close_locked();
-    pthread_mutex_unlock(&map_lock);
+    pthread_mutex_lock(&map.lock);
+    _PyPerfOutput_Close(&map);
+    pthread_mutex_unlock(&map.lock);
 }
 
 int
@@ -350,6 +322,22 @@ PyUnstable_CopyPerfMapFile(const char *parent_filename)
 }
 
 #else  /* MS_WINDOWS */
+
+void
+_PyPerfMap_BeforeFork(void)
+{
+}
+
+void
+_PyPerfMap_AfterForkParent(void)
+{
+}
+
+int
+_PyPerfMap_AfterForkChild(int persist)
+{
+    return 0;
+}
 
 int
 PyUnstable_PerfMapState_Init(void)

@@ -55,7 +55,8 @@
  * the hook instead of jumping into it (see CAN_PUSH_CALLEE_FRAME there).
  * Setting _PYTHON_PERF_GENERIC_CALLS=1 before activation installs the hook
  * under another name, which ceval.c treats like any other hook: it exists to
- * measure the difference.
+ * measure the difference.  When the C stack runs low, the call site runs
+ * the callee in its own evaluator without the hook (see "The C stack").
  *
  * Memory
  * ------
@@ -69,35 +70,60 @@
  *
  * The address is never executed: it makes the bytes of every trampoline
  * unique, since perf derives the identity of jitted code from its bytes.
- * The free room is what the jitdump backend needs after each piece of code
- * (perf maps the unwind information there), so that the fake libraries perf
- * makes of two neighbouring trampolines never overlap.
+ * The free room is what a backend needs after each piece of code: none for
+ * the perf map, the unwind information for the jitdump (perf maps it
+ * there), so that the fake libraries perf makes of two neighbouring
+ * trampolines never overlap.  Each slot size has arenas of its own: 16
+ * bytes a trampoline on x86-64 under the perf map.  A trampoline made for
+ * the map and later described in a jitdump moves to a roomier slot.
  *
- * Arenas are never unmapped while the interpreter runs: deactivation only
- * removes the hook, and frames that are still running inside trampolines
- * (in this thread or any other) return through them safely.  Reactivation,
- * a switch of backend and fork() reuse the existing trampolines, so repeated
- * cycles allocate nothing.  Arenas are released when the main interpreter is
- * finalised, when no Python frame can run anymore.
+ * Slots are never reused, and arenas are never unmapped, not even when the
+ * interpreter is finalised: perf names a sample by its address, so an
+ * address must keep one name for the life of the process, and any thread's
+ * native stack may still hold a return address into a trampoline (a daemon
+ * thread that wakes up during finalisation and unwinds through pthread_exit,
+ * a frame still running after deactivation).  A new initialisation of the
+ * runtime in the same process (an embedder) reuses them.  If the machine
+ * refuses executable memory (SELinux execmem, prctl(PR_SET_MDWE)), the first
+ * arena fails and activation says so.
  *
  * Each code object finds its trampoline through its co_extra slot (PEP 523's
- * _PyCode_SetExtra), so PyCodeObject keeps the layout of stock 3.11.  The
- * slot points at a code_entry, kept beside the arena, never at the code.
+ * extra data), so PyCodeObject keeps the layout of stock 3.11.  The slot
+ * holds 1 + the index of a code_entry in one table; the table is ours alone,
+ * so "is this value ours" is one comparison: a value that another PEP 523
+ * user stored at our index (possible in the deep-frozen code objects that
+ * all interpreters share) is never followed.  Each interpreter reserves its
+ * co_extra index when it starts, before any other user can ask for one, so
+ * the index is 0: the co_extra blocks that we create are one slot long, and
+ * code_dealloc() never calls another user's free function on a code object
+ * that only we gave extra data (stock 3.11 would not call it there either).
+ * When a code object dies, its entry returns to a free list; its slot stays,
+ * named, in the profiler's files.
  *
  * Epochs
  * ------
  * A code_entry remembers the epoch of the output that last described it.
  * Whenever the output starts over (another backend, a forked child that
- * writes its own file), the epoch advances and each trampoline is described
- * again, at the same address, the next time its code runs.
+ * writes its own file, a closed output), the epoch advances and each
+ * trampoline is described again, at the same address, the next time its
+ * code runs.
+ *
+ * The C stack
+ * -----------
+ * 3.11 runs a Python-to-Python call in the caller's C frame; through the
+ * hook, each call costs a C frame of the evaluator and one of its
+ * trampoline.  So that recursion goes as deep as without the perf support,
+ * only the upper half of each thread's C stack runs calls through
+ * trampolines: below it, calls are made the stock way, inside the caller's
+ * evaluator, and the deepest frames go unnamed (_PyPerf_StackHasRoom()).
  *
  * Threads and fork
  * ----------------
  * The hook, the arenas and this file's state are used with the GIL held.
  * The map file is also written by C code without the GIL (PyUnstable_* API),
- * so Python/perf_map.c serialises it with its own lock.  After fork() the
- * child keeps the trampolines and writes its own files; see
- * _PyPerfTrampoline_AfterForkChild().
+ * so Python/perf_map.c serialises it with its own lock, under which nothing
+ * may take the GIL.  After fork() the child keeps the trampolines and writes
+ * its own files; see _PyPerfTrampoline_AfterForkChild().
  *
  * Subinterpreters
  * ---------------
@@ -129,6 +155,7 @@
 #include <wchar.h>                  // wcsncmp()
 
 #ifdef PY_HAVE_PERF_TRAMPOLINE
+#  include <pthread.h>              // pthread_getattr_np()
 #  include <sys/mman.h>             // mmap(), mprotect()
 #  include <unistd.h>               // sysconf()
 #endif
@@ -147,30 +174,36 @@ extern char _Py_trampoline_func_end[];
 #define IDENTITY_SIZE sizeof(uintptr_t)
 #define SLOT_ALIGNMENT 16
 #define ARENA_MIN_SIZE (64 * 1024)
+/* Slot sizes in use at once: one per backend at most. */
+#define MAX_SLOT_SIZES 4
 
 
 /* ---- State -------------------------------------------------------------- */
 
+/* What a code object's co_extra slot leads to (through its index). */
 typedef struct {
-    _PyPerf_TrampolineFunc trampoline;
-    /* The epoch in which the backend last described this trampoline. */
-    unsigned int epoch;
+    _PyPerf_TrampolineFunc trampoline;  // NULL until it has one
+    /* The epoch in which the backend last described this trampoline; 0:
+       never described. */
+    uint32_t epoch;
+    uint16_t slot_size;         // of the trampoline's slot
+    uint16_t in_use;            // 0 while on the free list
 } code_entry;
 
 typedef struct perf_arena {
     struct perf_arena *next;
     char *memory;               // read+exec after filling
     size_t mapped_size;
-    code_entry *entries;        // one per slot, in ordinary memory
-    size_t capacity;
+    size_t slot_size;
+    size_t capacity;            // slots
     size_t used;
 } perf_arena;
 
-/* An interpreter that has used the perf support. */
+/* An interpreter that has started: the perf support may be used there. */
 typedef struct interp_record {
     struct interp_record *next;
     PyInterpreterState *interp;
-    Py_ssize_t extra_index;     // its co_extra index for code_entry pointers
+    Py_ssize_t extra_index;     // its co_extra index for code_entry indexes
     int active;                 // our hook is installed
 } interp_record;
 
@@ -178,16 +211,39 @@ static struct {
     /* The backend whose output is open, or NULL. */
     const _PyPerf_Backend *backend;
     /* Advanced whenever the output starts over; never 0. */
-    unsigned int epoch;
+    uint32_t epoch;
     int persist_after_fork;
+    /* Every arena ever made, newest first, and the one being filled for
+       each slot size. */
     perf_arena *arenas;
+    perf_arena *filling[MAX_SLOT_SIZES];
     interp_record *interps;
-    /* The record that the hook used last, to skip the search. */
+    /* The co_extra index of every interpreter, when they all have the
+       same (the usual case: 0), else -1: the hook's fast path then needs
+       not find the interpreter's record. */
+    Py_ssize_t common_index;
+    /* The record that the slow path used last, to skip the search. */
     interp_record *last;
     /* A failure was reported on stderr since the last activation from
        Python: one warning per failure, not one per call. */
     int warned;
-} perf_state = {.epoch = 1};
+    /* Describe trampolines to gdb (PYTHON_PERF_GDB=0 turns it off). */
+    int gdb_enabled;
+} perf_state = {.epoch = 1, .common_index = -1, .gdb_enabled = 1};
+
+/* The entries of all code objects, in one table (used with the GIL held;
+   it moves when it grows: keep indexes, not pointers, across anything
+   that may run Python code).  A co_extra value v is ours when v - 1 <
+   used, computed in unsigned arithmetic (NULL is not). */
+static struct {
+    code_entry *items;
+    void **gdb;                 // each entry's description for gdb, or NULL
+    size_t used;
+    size_t capacity;
+    uint32_t *free;             // indexes of entries of dead code objects
+    size_t nfree;
+    size_t free_capacity;
+} entries;
 
 static _PyPerf_TrampolineLayout layout;
 
@@ -215,16 +271,13 @@ described_size(void)
     return _Py_SIZE_ROUND_UP(size, sizeof(uintptr_t)) + IDENTITY_SIZE;
 }
 
-/* The distance between two trampolines: what is described plus what either
-   backend needs free after it, so that a trampoline can be described by
-   any backend, now or after a switch. */
+/* The distance between two trampolines described by backend: what is
+   described plus what the backend needs free after it. */
 static size_t
-slot_size(void)
+slot_size_for(const _PyPerf_Backend *backend)
 {
     size_t described = described_size();
-    size_t reserved = Py_MAX(
-        _PyPerf_MapBackend.reserved_after(described),
-        _PyPerf_JitdumpBackend.reserved_after(described));
+    size_t reserved = backend->reserved_after(described);
     return _Py_SIZE_ROUND_UP(described + reserved, SLOT_ALIGNMENT);
 }
 
@@ -232,27 +285,26 @@ slot_size(void)
 /* ---- Arenas ------------------------------------------------------------- */
 
 static perf_arena *
-new_arena(void)
+new_arena(size_t slot)
 {
     long page = sysconf(_SC_PAGESIZE);
     size_t size = ARENA_MIN_SIZE;
     if (page > 0 && (size_t)page > size) {
         size = (size_t)page;
     }
-    size_t slot = slot_size();
     size_t capacity = size / slot;
 
     perf_arena *arena = PyMem_RawCalloc(1, sizeof(perf_arena));
-    code_entry *entries = PyMem_RawCalloc(capacity, sizeof(code_entry));
-    if (arena == NULL || entries == NULL) {
+    if (arena == NULL) {
         _PyPerf_SetError(0, "out of memory for perf trampolines");
-        goto error;
+        return NULL;
     }
     char *memory = mmap(NULL, size, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED) {
         _PyPerf_SetError(errno, "cannot map memory for perf trampolines");
-        goto error;
+        PyMem_RawFree(arena);
+        return NULL;
     }
 
     const _PyPerf_TrampolineLayout *lay = _PyPerf_GetTrampolineLayout();
@@ -262,54 +314,199 @@ new_arena(void)
         memcpy(code, _Py_trampoline_func_start, lay->code_size);
         uintptr_t identity = (uintptr_t)code;
         memcpy(code + identity_offset, &identity, sizeof(identity));
-        entries[i].trampoline = (_PyPerf_TrampolineFunc)(void *)code;
     }
     if (mprotect(memory, size, PROT_READ | PROT_EXEC) != 0) {
-        _PyPerf_SetError(errno, "cannot make perf trampolines executable");
-        munmap(memory, size);
-        goto error;
+        _PyPerf_SetError(errno, "cannot make perf trampolines executable "
+                         "(is memory-deny-write-execute or an execmem "
+                         "policy in force?)");
+        munmap(memory, size);       // never executable: nothing points in
+        PyMem_RawFree(arena);
+        return NULL;
     }
     __builtin___clear_cache(memory, memory + size);
 
     arena->memory = memory;
     arena->mapped_size = size;
-    arena->entries = entries;
+    arena->slot_size = slot;
     arena->capacity = capacity;
     arena->next = perf_state.arenas;
     perf_state.arenas = arena;
     return arena;
+}
 
-error:
-    PyMem_RawFree(entries);
-    PyMem_RawFree(arena);
+/* The arena being filled with slots of the given size, with a free slot;
+   a new one if needed.  NULL after _PyPerf_SetError(). */
+static perf_arena *
+arena_with_room(size_t slot)
+{
+    int vacant = -1;
+    for (int i = 0; i < MAX_SLOT_SIZES; i++) {
+        perf_arena *arena = perf_state.filling[i];
+        if (arena == NULL) {
+            if (vacant < 0) {
+                vacant = i;
+            }
+            continue;
+        }
+        if (arena->slot_size == slot) {
+            if (arena->used < arena->capacity) {
+                return arena;
+            }
+            vacant = i;
+            break;
+        }
+    }
+    if (vacant < 0) {
+        _PyPerf_SetError(0, "too many kinds of perf trampolines");
+        return NULL;
+    }
+    perf_arena *arena = new_arena(slot);
+    if (arena != NULL) {
+        perf_state.filling[vacant] = arena;
+    }
+    return arena;
+}
+
+static _PyPerf_TrampolineFunc
+new_trampoline(size_t slot)
+{
+    perf_arena *arena = arena_with_room(slot);
+    if (arena == NULL) {
+        return NULL;
+    }
+    char *code = arena->memory + arena->used * arena->slot_size;
+    arena->used++;
+    return (_PyPerf_TrampolineFunc)(void *)code;
+}
+
+
+/* ---- Entries ------------------------------------------------------------ */
+
+/* The entry that a co_extra value stands for, or NULL if the value is not
+   one of ours (NULL, or another PEP 523 user's data). */
+static inline code_entry *
+entry_of(void *value)
+{
+    size_t index = (size_t)((uintptr_t)value - 1);
+    if (index < entries.used) {
+        return &entries.items[index];
+    }
     return NULL;
 }
 
-static code_entry *
-new_code_entry(void)
+/* A new entry, without a trampoline; return its index, or -1 after
+   _PyPerf_SetError(). */
+static Py_ssize_t
+new_entry(void)
 {
-    perf_arena *arena = perf_state.arenas;
-    if (arena == NULL || arena->used == arena->capacity) {
-        arena = new_arena();
-        if (arena == NULL) {
-            return NULL;
-        }
+    size_t index;
+    if (entries.nfree > 0) {
+        index = entries.free[--entries.nfree];
     }
-    return &arena->entries[arena->used++];
+    else {
+        if (entries.used == entries.capacity) {
+            size_t capacity = entries.capacity ? entries.capacity * 2 : 1024;
+            if (capacity > UINT32_MAX) {
+                _PyPerf_SetError(0, "too many perf trampolines");
+                return -1;
+            }
+            code_entry *items = PyMem_RawRealloc(
+                entries.items, capacity * sizeof(code_entry));
+            if (items != NULL) {
+                entries.items = items;
+            }
+            void **gdb = PyMem_RawRealloc(entries.gdb,
+                                          capacity * sizeof(void *));
+            if (gdb != NULL) {
+                entries.gdb = gdb;
+            }
+            if (items == NULL || gdb == NULL) {
+                _PyPerf_SetError(0, "out of memory for perf trampolines");
+                return -1;
+            }
+            entries.capacity = capacity;
+        }
+        index = entries.used++;
+    }
+    entries.items[index] = (code_entry){.in_use = 1};
+    entries.gdb[index] = NULL;
+    return (Py_ssize_t)index;
 }
 
+/* The co_extra free function: the code object died.  Its entry goes back
+   to the free list; its trampoline's slot is never reused (its address
+   keeps its name in the profiler's files). */
 static void
-free_arenas(void)
+release_entry(void *value)
 {
-    perf_arena *arena = perf_state.arenas;
-    while (arena != NULL) {
-        perf_arena *next = arena->next;
-        munmap(arena->memory, arena->mapped_size);
-        PyMem_RawFree(arena->entries);
-        PyMem_RawFree(arena);
-        arena = next;
+    code_entry *entry = entry_of(value);
+    if (entry == NULL || !entry->in_use) {
+        return;
     }
-    perf_state.arenas = NULL;
+    if (entries.nfree == entries.free_capacity) {
+        size_t capacity = entries.free_capacity ? entries.free_capacity * 2
+                                                : 1024;
+        uint32_t *free_list = PyMem_RawRealloc(entries.free,
+                                               capacity * sizeof(uint32_t));
+        if (free_list == NULL) {
+            return;             // this entry is simply not reused
+        }
+        entries.free = free_list;
+        entries.free_capacity = capacity;
+    }
+    size_t index = (size_t)(entry - entries.items);
+    _PyPerfGdb_ForgetTrampoline(entries.gdb[index]);
+    entries.gdb[index] = NULL;
+    *entry = (code_entry){.in_use = 0};
+    entries.free[entries.nfree++] = (uint32_t)index;
+}
+
+
+/* ---- co_extra ----------------------------------------------------------- */
+
+/* The layout of co_extra, _PyCodeObjectExtra in Objects/codeobject.c: 3.11
+   defines it in that file only, and it is fixed for the life of 3.11.  The
+   hook reads it directly because the lookup runs on every call. */
+typedef struct {
+    Py_ssize_t ce_size;
+    void *ce_extras[1];
+} code_extra;
+
+static inline void *
+get_extra(PyCodeObject *co, Py_ssize_t index)
+{
+    code_extra *extra = (code_extra *)co->co_extra;
+    if (extra == NULL || index >= extra->ce_size) {
+        return NULL;
+    }
+    return extra->ce_extras[index];
+}
+
+/* Store value at index, as _PyCode_SetExtra() would, except that a new or
+   grown block ends at index: it does not cover the indexes of other users
+   that came after us, whose free functions code_dealloc() would otherwise
+   call for every code object that we gave extra data (see "Memory").  The
+   value replaced, if any, is ours to release.  With the GIL held. */
+static int
+set_extra(PyCodeObject *co, Py_ssize_t index, void *value)
+{
+    code_extra *extra = (code_extra *)co->co_extra;
+    if (extra == NULL || extra->ce_size <= index) {
+        Py_ssize_t old_size = extra ? extra->ce_size : 0;
+        extra = PyMem_Realloc(extra, sizeof(code_extra)
+                                     + (size_t)index * sizeof(void *));
+        if (extra == NULL) {
+            return -1;
+        }
+        for (Py_ssize_t i = old_size; i <= index; i++) {
+            extra->ce_extras[i] = NULL;
+        }
+        extra->ce_size = index + 1;
+        co->co_extra = extra;
+    }
+    release_entry(extra->ce_extras[index]);
+    extra->ce_extras[index] = value;
+    return 0;
 }
 
 
@@ -326,15 +523,25 @@ find_interp(PyInterpreterState *interp)
     return NULL;
 }
 
-/* Find or make the record of interp; request its co_extra index once, so
-   that repeated activation never exhausts the indexes.  Indexes belong to
-   an interpreter, and so do code objects, except the deep-frozen ones of
-   the standard library, which all interpreters share: with several
-   interpreters, the slot at our index may hold what another interpreter's
-   PEP 523 user stored there.  lookup() then checks that an entry is ours
-   before using it (see is_our_entry()). */
+static void
+update_common_index(void)
+{
+    Py_ssize_t common = -1;
+    for (interp_record *r = perf_state.interps; r != NULL; r = r->next) {
+        if (common >= 0 && r->extra_index != common) {
+            common = -1;
+            break;
+        }
+        common = r->extra_index;
+    }
+    perf_state.common_index = common;
+}
+
+/* Make the record of an interpreter that starts, with its co_extra index:
+   asked for before anything else can ask, so it is normally 0 (see
+   "Memory").  Return NULL after _PyPerf_SetError(). */
 static interp_record *
-get_interp(PyInterpreterState *interp)
+add_interp(PyInterpreterState *interp)
 {
     interp_record *record = find_interp(interp);
     if (record != NULL) {
@@ -345,8 +552,7 @@ get_interp(PyInterpreterState *interp)
         _PyPerf_SetError(0, "out of memory");
         return NULL;
     }
-    /* The entries live in the arenas: nothing to free per code object. */
-    record->extra_index = _PyEval_RequestCodeExtraIndex(NULL);
+    record->extra_index = _PyEval_RequestCodeExtraIndex(release_entry);
     if (record->extra_index < 0) {
         PyMem_RawFree(record);
         _PyPerf_SetError(0, "no free co_extra index for perf trampolines");
@@ -355,6 +561,7 @@ get_interp(PyInterpreterState *interp)
     record->interp = interp;
     record->next = perf_state.interps;
     perf_state.interps = record;
+    update_common_index();
     return record;
 }
 
@@ -371,6 +578,7 @@ forget_interp(PyInterpreterState *interp)
                 perf_state.last = NULL;
             }
             PyMem_RawFree(record);
+            update_common_index();
             return;
         }
     }
@@ -433,28 +641,40 @@ trampoline_name(PyCodeObject *co)
     return name;
 }
 
+/* Describe entry number index, for co, in the current output, giving it a
+   trampoline with the room the backend needs first.  name may have run
+   Python code (a collection while allocating): index, not a pointer. */
 static int
-describe(code_entry *entry, PyCodeObject *co)
+describe(size_t index, PyCodeObject *co, const char *name)
 {
-    PyObject *name = trampoline_name(co);
-    if (name == NULL) {
+    const _PyPerf_Backend *backend = perf_state.backend;
+    size_t slot = slot_size_for(backend);
+    code_entry *entry = &entries.items[index];
+    int first_name = (entry->trampoline == NULL);
+    if (entry->trampoline == NULL || entry->slot_size < slot) {
+        /* A new trampoline; one made for a backend that needs less room
+           stays named as it was, in the files that named it. */
+        _PyPerf_TrampolineFunc trampoline = new_trampoline(slot);
+        if (trampoline == NULL) {
+            return -1;
+        }
+        entry->trampoline = trampoline;
+        entry->slot_size = (uint16_t)slot;
+        first_name = 1;
+    }
+    if (backend->emit((void *)entry->trampoline, described_size(), name,
+                      co) < 0)
+    {
         return -1;
     }
-    int res = perf_state.backend->emit((void *)entry->trampoline,
-                                       described_size(),
-                                       PyBytes_AS_STRING(name), co);
-    if (res == 0) {
-        if (entry->epoch == 0) {
-            /* Named for the first time: tell gdb too.  Its description
-               outlives epochs, backends and activations. */
-            _PyPerfGdb_AddTrampoline((void *)entry->trampoline,
-                                     described_size(),
-                                     PyBytes_AS_STRING(name));
-        }
-        entry->epoch = perf_state.epoch;
+    if (first_name && perf_state.gdb_enabled) {
+        /* Tell gdb too.  Its description outlives epochs, backends and
+           activations. */
+        entries.gdb[index] = _PyPerfGdb_AddTrampoline(
+            (void *)entry->trampoline, described_size(), name);
     }
-    Py_DECREF(name);
-    return res;
+    entry->epoch = perf_state.epoch;
+    return 0;
 }
 
 
@@ -498,6 +718,9 @@ remove_hook(PyInterpreterState *interp)
 {
     if (hook_is_ours(interp)) {
         _PyInterpreterState_SetEvalFrameFunc(interp, _PyEval_EvalFrameDefault);
+        /* No new trampoline for a while: let a watching debugger see the
+           last ones now. */
+        _PyPerfGdb_Flush();
     }
     interp_record *record = find_interp(interp);
     if (record != NULL) {
@@ -534,7 +757,14 @@ open_output(const _PyPerf_Backend *backend)
     if (perf_state.backend == backend) {
         return 0;
     }
-    /* Open the new output first: if that fails, the old one goes on. */
+    /* Executable memory first: a process that may not make any (an
+       execmem policy, memory-deny-write-execute) hears so now, not at the
+       first call. */
+    if (arena_with_room(slot_size_for(backend)) == NULL) {
+        return -1;
+    }
+    /* Open the new output before closing the old: if that fails, the old
+       one goes on. */
     if (backend->open() < 0) {
         return -1;
     }
@@ -560,7 +790,7 @@ activate(PyInterpreterState *interp, const _PyPerf_Backend *backend)
     if (current != _PyEval_EvalFrameDefault && !is_our_hook(current)) {
         return ACTIVATE_OTHER_HOOK;
     }
-    interp_record *record = get_interp(interp);
+    interp_record *record = add_interp(interp);
     if (record == NULL) {
         return ACTIVATE_FAILED;
     }
@@ -579,6 +809,21 @@ activate(PyInterpreterState *interp, const _PyPerf_Backend *backend)
     return ACTIVATE_OK;
 }
 
+/* Say why, once, on stderr, keeping the exception that may be set. */
+static void
+warn_once(PyThreadState *tstate, const char *what)
+{
+    if (perf_state.warned) {
+        return;
+    }
+    perf_state.warned = 1;
+    PyObject *type, *value, *tb;
+    _PyErr_Fetch(tstate, &type, &value, &tb);
+    PySys_WriteStderr("Python: warning: perf profiler support %s: %.400s\n",
+                      what, _PyPerf_GetError());
+    _PyErr_Restore(tstate, type, value, tb);
+}
+
 /* Profiling failed while code was running: say why, once, and let the
    program go on without the hook. */
 static void
@@ -588,14 +833,7 @@ stop_after_failure(PyThreadState *tstate)
     if (!any_interp_active()) {
         close_output();
     }
-    if (!perf_state.warned) {
-        perf_state.warned = 1;
-        PyObject *type, *value, *tb;
-        _PyErr_Fetch(tstate, &type, &value, &tb);
-        PySys_WriteStderr("Python: warning: perf profiler support "
-                          "stopped: %.400s\n", _PyPerf_GetError());
-        _PyErr_Restore(tstate, type, value, tb);
-    }
+    warn_once(tstate, "stopped");
 }
 
 
@@ -612,94 +850,52 @@ record_of(PyInterpreterState *interp)
     return record;
 }
 
-/* Give co a trampoline described in the current epoch.  Return NULL after
-   _PyPerf_SetError() when that failed. */
+/* Give co an entry with a trampoline described in the current epoch, and
+   return it; return NULL after _PyPerf_SetError() when that failed. */
 static code_entry *
-prepare(PyThreadState *tstate, interp_record *record, PyCodeObject *co,
-        code_entry *entry)
+prepare(PyThreadState *tstate, interp_record *record, PyCodeObject *co)
 {
     /* A frame may be resumed to receive an exception (throwflag): keep it
        untouched while naming the code. */
     PyObject *type, *value, *tb;
     _PyErr_Fetch(tstate, &type, &value, &tb);
-    if (entry == NULL) {
-        entry = new_code_entry();
-        if (entry != NULL &&
-            _PyCode_SetExtra((PyObject *)co, record->extra_index, entry) < 0)
+    code_entry *result = NULL;
+    Py_ssize_t index;
+    code_entry *entry = entry_of(get_extra(co, record->extra_index));
+    if (entry != NULL) {
+        index = entry - entries.items;
+    }
+    else {
+        index = new_entry();
+        if (index < 0) {
+            goto done;
+        }
+        if (set_extra(co, record->extra_index,
+                      (void *)(uintptr_t)(index + 1)) < 0)
         {
             PyErr_Clear();
+            release_entry((void *)(uintptr_t)(index + 1));
             _PyPerf_SetError(0, "out of memory attaching a perf trampoline "
                              "to a code object");
-            entry = NULL;
+            goto done;
         }
     }
-    if (entry != NULL && describe(entry, co) < 0) {
-        entry = NULL;
+    PyObject *name = trampoline_name(co);
+    if (name == NULL) {
+        goto done;
     }
+    if (describe((size_t)index, co, PyBytes_AS_STRING(name)) == 0) {
+        result = &entries.items[index];
+    }
+    Py_DECREF(name);
+done:
     _PyErr_Restore(tstate, type, value, tb);
-    return entry;
-}
-
-/* The layout of co_extra (_PyCodeObjectExtra in Objects/codeobject.c),
-   read here directly because the lookup runs on every call; it is fixed for
-   the life of 3.11.  _PyCode_SetExtra() writes it. */
-typedef struct {
-    Py_ssize_t ce_size;
-    void *ce_extras[1];
-} code_extra;
-
-/* Whether p is one of the entries of our arenas. */
-static int
-is_our_entry(void *p)
-{
-    for (perf_arena *arena = perf_state.arenas; arena != NULL;
-         arena = arena->next)
-    {
-        char *start = (char *)arena->entries;
-        char *end = (char *)(arena->entries + arena->capacity);
-        if ((char *)p >= start && (char *)p < end) {
-            return ((char *)p - start) % sizeof(code_entry) == 0;
-        }
-    }
-    return 0;
-}
-
-/* An entry that is not ours, in a deep-frozen code object shared with
-   another interpreter: leave it alone and run that code without a
-   trampoline. */
-static code_entry foreign_entry;
-
-/* Deep-frozen code objects are static, created with a reference count of
-   999999999 (Tools/scripts/deepfreeze.py); no other code object comes
-   anywhere near it. */
-#define SHARED_CODE_REFCNT (1 << 28)
-
-static inline int
-is_shared_code(PyCodeObject *co)
-{
-    return Py_REFCNT(co) >= SHARED_CODE_REFCNT;
-}
-
-static inline code_entry *
-lookup(PyInterpreterState *interp, interp_record *record, PyCodeObject *co)
-{
-    code_extra *extra = (code_extra *)co->co_extra;
-    if (extra == NULL || record->extra_index >= extra->ce_size) {
-        return NULL;
-    }
-    code_entry *entry = extra->ce_extras[record->extra_index];
-    if (entry != NULL && is_shared_code(co)
-        && interp->runtime->interpreters.head->next != NULL
-        && !is_our_entry(entry))
-    {
-        return &foreign_entry;
-    }
-    return entry;
+    return result;
 }
 
 /* Everything but the common case: another interpreter than last time, a
-   code object without a trampoline or not described in this output yet, a
-   shared code object, a closed output. */
+   code object without a trampoline or not described in this output yet,
+   another user's data at our index, a closed output. */
 Py_NO_INLINE static PyObject *
 eval_frame_slow_path(PyThreadState *tstate, _PyInterpreterFrame *frame,
                      int throwflag)
@@ -708,12 +904,15 @@ eval_frame_slow_path(PyThreadState *tstate, _PyInterpreterFrame *frame,
     if (record == NULL || perf_state.backend == NULL) {
         return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
     }
-    code_entry *entry = lookup(tstate->interp, record, frame->f_code);
-    if (entry == &foreign_entry) {
+    void *value = get_extra(frame->f_code, record->extra_index);
+    code_entry *entry = entry_of(value);
+    if (value != NULL && entry == NULL) {
+        /* Not ours: leave it alone and run this code without a
+           trampoline. */
         return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
     }
     if (entry == NULL || entry->epoch != perf_state.epoch) {
-        entry = prepare(tstate, record, frame->f_code, entry);
+        entry = prepare(tstate, record, frame->f_code);
         if (entry == NULL) {
             stop_after_failure(tstate);
             return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
@@ -729,19 +928,49 @@ PyObject *
 _PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
                             int throwflag)
 {
-    interp_record *record = perf_state.last;
-    PyCodeObject *co = frame->f_code;
-    code_extra *extra = (code_extra *)co->co_extra;
-    if (record != NULL && record->interp == tstate->interp && extra != NULL
-        && record->extra_index < extra->ce_size && !is_shared_code(co))
-    {
-        code_entry *entry = extra->ce_extras[record->extra_index];
-        if (entry != NULL && entry->epoch == perf_state.epoch) {
-            return entry->trampoline(tstate, frame, throwflag,
-                                     _PyEval_EvalFrameDefault);
+    /* -1 (interpreters with different indexes) fails the comparison. */
+    size_t index = (size_t)perf_state.common_index;
+    code_extra *extra = (code_extra *)frame->f_code->co_extra;
+    if (extra != NULL && index < (size_t)extra->ce_size) {
+        /* entry_of(), without the pointer it need not make. */
+        size_t i = (size_t)((uintptr_t)extra->ce_extras[index] - 1);
+        if (i < entries.used && entries.items[i].epoch == perf_state.epoch) {
+            return entries.items[i].trampoline(tstate, frame, throwflag,
+                                               _PyEval_EvalFrameDefault);
         }
     }
     return eval_frame_slow_path(tstate, frame, throwflag);
+}
+
+
+/* ---- The C stack -------------------------------------------------------- */
+
+/* Until this thread's stack is measured, the floor is as high as can be,
+   so that the first check comes to _PyPerf_MeasureStack(). */
+_Thread_local uintptr_t _PyPerf_stack_floor = UINTPTR_MAX;
+static _Thread_local int stack_measured;
+
+int
+_PyPerf_MeasureStack(uintptr_t sp)
+{
+    if (stack_measured) {
+        return 0;               // in the lower half: run the stock way
+    }
+    stack_measured = 1;
+    /* Unknown: trampolines everywhere, as before this check existed. */
+    uintptr_t floor = 0;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void *base;
+        size_t size;
+        if (pthread_attr_getstack(&attr, &base, &size) == 0 && size > 0) {
+            /* The stack grows down, from base + size to base. */
+            floor = (uintptr_t)base + size / 2;
+        }
+        pthread_attr_destroy(&attr);
+    }
+    _PyPerf_stack_floor = floor;
+    return sp >= floor;
 }
 
 
@@ -825,6 +1054,23 @@ backend_from_xoptions(const PyConfig *config)
     return chosen;
 }
 
+/* The switch in environment variable name: 1 on, 0 off, -1 if unset,
+   empty or invalid (with a warning). */
+static int
+switch_from_environment(const char *name)
+{
+    const char *value = getenv(name);
+    if (value == NULL || value[0] == '\0') {
+        return -1;
+    }
+    int on = parse_switch(value);
+    if (on < 0) {
+        PySys_FormatStderr("Python: warning: %s=%.50s: invalid value, "
+                           "expected 0 or 1; ignored\n", name, value);
+    }
+    return on;
+}
+
 /* PYTHONPERFSUPPORT and PYTHON_PERF_JIT_SUPPORT; the jitdump wins when both
    are on. */
 static const char *
@@ -841,18 +1087,7 @@ backend_from_environment(const PyConfig *config)
         return NULL;
     }
     for (size_t i = 0; i < Py_ARRAY_LENGTH(variables); i++) {
-        const char *value = getenv(variables[i].variable);
-        if (value == NULL || value[0] == '\0') {
-            continue;
-        }
-        int on = parse_switch(value);
-        if (on < 0) {
-            PySys_FormatStderr("Python: warning: %s=%.50s: invalid value, "
-                               "expected 0 or 1; ignored\n",
-                               variables[i].variable, value);
-            continue;
-        }
-        if (on) {
+        if (switch_from_environment(variables[i].variable) == 1) {
             return variables[i].backend;
         }
     }
@@ -862,10 +1097,22 @@ backend_from_environment(const PyConfig *config)
 void
 _PyPerfTrampoline_InitFromConfig(PyThreadState *tstate)
 {
+    /* Every interpreter takes its co_extra index now, before any other
+       user can: see "Memory". */
+    if (add_interp(tstate->interp) == NULL) {
+        PySys_WriteStderr("Python: warning: perf profiler support is "
+                          "unavailable: %.400s\n", _PyPerf_GetError());
+        return;
+    }
     if (!_Py_IsMainInterpreter(tstate->interp)) {
         return;
     }
     const PyConfig *config = _PyInterpreterState_GetConfig(tstate->interp);
+    if (config->use_environment
+        && switch_from_environment("PYTHON_PERF_GDB") == 0)
+    {
+        perf_state.gdb_enabled = 0;
+    }
     const char *name = backend_from_xoptions(config);
     if (name == NULL) {
         name = backend_from_environment(config);
@@ -948,27 +1195,50 @@ _PyPerfTrampoline_Fini(PyInterpreterState *interp)
     if (!_Py_IsMainInterpreter(interp)) {
         return;
     }
-    /* No Python frame can run in this process from now on. */
+    /* No Python frame will start in this process from now on, but the
+       trampolines stay mapped (and described to gdb): daemon threads may
+       still have their return addresses on their stacks. */
     close_output();
-    _PyPerfGdb_Fini();
-    free_arenas();
     while (perf_state.interps != NULL) {    // leaked subinterpreters
         interp_record *next = perf_state.interps->next;
         PyMem_RawFree(perf_state.interps);
         perf_state.interps = next;
     }
+    perf_state.common_index = -1;
     perf_state.last = NULL;
     perf_state.persist_after_fork = 0;
     perf_state.warned = 0;
 }
 
 void
+_PyPerfTrampoline_BeforeFork(void)
+{
+    _PyPerfMap_BeforeFork();
+    _PyJitdump_BeforeFork();
+    _PyPerfGdb_BeforeFork();
+}
+
+void
+_PyPerfTrampoline_AfterForkParent(void)
+{
+    _PyPerfGdb_AfterForkParent();
+    _PyJitdump_AfterForkParent();
+    _PyPerfMap_AfterForkParent();
+}
+
+void
 _PyPerfTrampoline_AfterForkChild(void)
 {
-    _PyPerfMap_AfterForkChild();
+    PyThreadState *tstate = _PyThreadState_GET();
+    /* Whatever is active: the map may hold C code's lines too. */
+    int map_copied = _PyPerfMap_AfterForkChild(perf_state.persist_after_fork);
+    if (map_copied < 0 && tstate != NULL) {
+        warn_once(tstate, "cannot copy the parent's perf map");
+    }
+    /* The parent's dump is not the child's, active or not. */
+    _PyJitdump_AfterForkChild();
     _PyPerfGdb_AfterForkChild();
     /* Only the thread that forked survives, in the main interpreter. */
-    PyThreadState *tstate = _PyThreadState_GET();
     if (tstate == NULL || perf_state.backend == NULL) {
         return;
     }
@@ -983,14 +1253,9 @@ _PyPerfTrampoline_AfterForkChild(void)
         close_output();
         return;
     }
-    int kept = perf_state.backend->after_fork_child(
-        perf_state.persist_after_fork);
-    if (kept < 0) {
-        perf_state.backend = NULL;
-        stop_after_failure(tstate);
-        return;
-    }
-    if (!kept) {
+    /* The backend lets the parent's output go; the child's starts when it
+       first describes code, so a child that calls exec() leaves none. */
+    if (!perf_state.backend->after_fork_child(map_copied == 1)) {
         /* The child's output starts empty: describe each trampoline again,
            at the same address, when its code next runs. */
         advance_epoch();
@@ -1008,13 +1273,17 @@ PyUnstable_PerfTrampoline_CompileCode(PyCodeObject *co)
         return 0;
     }
     interp_record *record = record_of(tstate->interp);
-    code_entry *entry = lookup(tstate->interp, record, co);
-    if (entry == &foreign_entry
+    if (record == NULL) {
+        return 0;
+    }
+    void *value = get_extra(co, record->extra_index);
+    code_entry *entry = entry_of(value);
+    if ((value != NULL && entry == NULL)        // not ours
         || (entry != NULL && entry->epoch == perf_state.epoch))
     {
         return 0;
     }
-    if (prepare(tstate, record, co, entry) == NULL) {
+    if (prepare(tstate, record, co) == NULL) {
         PyErr_Format(PyExc_RuntimeError, "cannot compile a perf trampoline: "
                      "%s", _PyPerf_GetError());
         return -1;
@@ -1091,9 +1360,21 @@ _PyPerfTrampoline_Fini(PyInterpreterState *interp)
 }
 
 void
+_PyPerfTrampoline_BeforeFork(void)
+{
+    _PyPerfMap_BeforeFork();
+}
+
+void
+_PyPerfTrampoline_AfterForkParent(void)
+{
+    _PyPerfMap_AfterForkParent();
+}
+
+void
 _PyPerfTrampoline_AfterForkChild(void)
 {
-    _PyPerfMap_AfterForkChild();
+    _PyPerfMap_AfterForkChild(0);
 }
 
 int

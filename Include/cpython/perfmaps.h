@@ -41,8 +41,9 @@ PyAPI_FUNC(int) PyUnstable_CopyPerfMapFile(const char *parent_filename);
 PyAPI_FUNC(int) PyUnstable_PerfTrampoline_CompileCode(PyCodeObject *code);
 
 /* With enable non-zero, a child created by fork() starts with a copy of the
-   parent's map instead of an empty one, so that the trampolines it inherits
-   are named before they run.  Return 0 on success, -1 where perf
+   parent's map (if the parent had one open, whatever wrote it) instead of
+   an empty one, so that the trampolines and the code it inherits are named
+   before they run.  Return 0 on success, -1 where perf
    trampolines are not available. */
 PyAPI_FUNC(int) PyUnstable_PerfTrampoline_SetPersistAfterFork(int enable);
 

@@ -19,6 +19,10 @@ extern "C" {
 
 #include <stddef.h>               // size_t
 #include <stdint.h>               // uint8_t
+#ifndef MS_WINDOWS
+#  include <pthread.h>            // pthread_mutex_t
+#  include <sys/types.h>          // pid_t, dev_t, ino_t
+#endif
 
 
 /* ---- A backend: what to tell the profiler about each trampoline ---- */
@@ -39,11 +43,11 @@ typedef struct {
                 PyCodeObject *co);
     /* Close the output (the files stay for perf to read). */
     void (*close)(void);
-    /* In a child after fork(): start the child's own output.  With persist,
-       it may copy what the parent's output says.  Return 1 if the child's
-       output describes the parent's trampolines already, 0 if they must be
-       described again, or -1 after _PyPerf_SetError(). */
-    int (*after_fork_child)(int persist);
+    /* In a child after fork(): let the parent's output go; the child's own
+       starts at its first emit.  map_copied: the child's perf map is a copy
+       of the parent's.  Return 1 if the child's output describes the
+       parent's trampolines already, 0 if they must be described again. */
+    int (*after_fork_child)(int map_copied);
 } _PyPerf_Backend;
 
 extern const _PyPerf_Backend _PyPerf_MapBackend;       // "perf"
@@ -60,26 +64,70 @@ extern const char * _PyPerf_GetError(void);
 
 /* ---- Files in /tmp (Python/perf_outfile.c) ---- */
 
-/* Open path for appending, refusing symlinks, non-regular files (without
-   blocking on a FIFO) and files owned by another user or with other hard
-   links; created with mode 0600 and close-on-exec.  flags: */
-#define _PyPerf_OUTPUT_TRUNCATE 1   // empty an existing file of ours
-#define _PyPerf_OUTPUT_READABLE 2   // open read-write, for mmap()
-/* Return the descriptor, or -1 after _PyPerf_SetError(). */
-extern int _PyPerf_OpenOutput(const char *path, int flags);
-/* Write all of buf, retrying on EINTR and short writes.  Return 0, or -1
-   after _PyPerf_SetError(). */
-extern int _PyPerf_WriteAll(int fd, const void *buf, size_t size,
-                            const char *path);
+#ifndef MS_WINDOWS
+
+/* One of the profiler's files: /tmp/perf-PID.map or /tmp/jit-PID.dump.
+   Every field but the first three is managed by the functions below, with
+   the lock held. */
+typedef struct {
+    pthread_mutex_t lock;
+    const char *path_format;    // with one %ld for the pid
+    int readable;               // open read-write (to mmap it)
+    int always_fresh;           // a process's first open empties any file
+    int fd;                     // -1 when closed
+    pid_t pid;                  // the process that opened fd
+    dev_t dev;                  // the file fd was opened on
+    ino_t ino;
+    pid_t started_by;           // the process that last opened it first
+    int started_here;           // that open created or emptied the file
+    char path[64];
+} _PyPerfOutput;
+
+#define _PyPerfOutput_INIT(FORMAT, READABLE, ALWAYS_FRESH) \
+    {.lock = PTHREAD_MUTEX_INITIALIZER, .path_format = (FORMAT), \
+     .readable = (READABLE), .always_fresh = (ALWAYS_FRESH), .fd = -1}
+
+/* What _PyPerfOutput_Prepare() found. */
+#define _PyPerfOutput_FAILED (-1)   // see _PyPerf_GetError()
+#define _PyPerfOutput_READY 0       // open, with content
+#define _PyPerfOutput_EMPTY 1       // open, empty: a format header is due
+
+/* Make out's descriptor usable by this process: keep it if it still leads
+   to the file this process opened; otherwise forget it without closing it
+   (the program closed or reused it, or it is a forked parent's) and open
+   the path, refusing symlinks, non-regular files (without blocking on a
+   FIFO), files of other users or with other hard links.  The first open in
+   a process empties a file left by an earlier process.  Lock held. */
+extern int _PyPerfOutput_Prepare(_PyPerfOutput *out);
+/* Write all of buf, retrying on EINTR and short writes; a failed write
+   leaves nothing half-written.  Return 0, or -1 after _PyPerf_SetError().
+   Lock held, after a successful _PyPerfOutput_Prepare(). */
+extern int _PyPerfOutput_Write(_PyPerfOutput *out, const void *buf,
+                               size_t size);
+/* Close the descriptor if it is still ours; the file stays.  Lock held. */
+extern void _PyPerfOutput_Close(_PyPerfOutput *out);
+/* Close, and remove the file if the last open created or emptied it. */
+extern void _PyPerfOutput_Discard(_PyPerfOutput *out);
+/* Hold the lock across fork(), in the parent. */
+extern void _PyPerfOutput_BeforeFork(_PyPerfOutput *out);
+extern void _PyPerfOutput_AfterForkParent(_PyPerfOutput *out);
+/* In a forked child: reset the lock and let the parent's file go.  Return
+   the pid in the name of the file the parent had open, or 0. */
+extern pid_t _PyPerfOutput_AfterForkChild(_PyPerfOutput *out);
+/* Reset a lock that another thread of the parent may have held. */
+extern void _PyPerf_ResetLockAfterFork(pthread_mutex_t *lock);
+#endif
 
 
 /* ---- The perf map shared with C code (Python/perf_map.c) ---- */
 
-/* Append "START SIZE name" to /tmp/perf-PID.map.  Thread-safe, with or
-   without the GIL.  Return 0, or -1 after _PyPerf_SetError(). */
-extern int _PyPerfMap_WriteEntry(const void *code, size_t size,
-                                 const char *name);
-extern void _PyPerfMap_AfterForkChild(void);
+/* Hold and release the map's lock across fork(). */
+extern void _PyPerfMap_BeforeFork(void);
+extern void _PyPerfMap_AfterForkParent(void);
+/* Called by _PyPerfTrampoline_AfterForkChild().  With persist, the child
+   gets a copy of the map that the parent had open (whatever wrote it).
+   Return 1 if a copy was made, 0 if not, -1 after _PyPerf_SetError(). */
+extern int _PyPerfMap_AfterForkChild(int persist);
 
 
 /* ---- The jitdump file (Python/perf_jitdump.c) ---- */
@@ -104,6 +152,9 @@ extern int _PyJitdump_Open(void);
    and in that order, with the next code index.  Thread-safe. */
 extern int _PyJitdump_WriteCode(const _PyJitdump_Code *code);
 extern void _PyJitdump_Close(void);
+/* Hold and release the dump's lock across fork(). */
+extern void _PyJitdump_BeforeFork(void);
+extern void _PyJitdump_AfterForkParent(void);
 /* In a forked child: forget the parent's dump without touching it. */
 extern void _PyJitdump_AfterForkChild(void);
 
@@ -125,10 +176,55 @@ extern int _PyPerfTrampoline_IsActive(PyInterpreterState *interp);
 extern PyObject * _PyPerfTrampoline_EvalFrame(
     PyThreadState *tstate, struct _PyInterpreterFrame *frame, int throwflag);
 /* Called by finalize_interp_clear(): remove the hook of interp; for the
-   main interpreter also close the outputs and release the trampolines. */
+   main interpreter also close the outputs (the trampolines stay mapped). */
 extern void _PyPerfTrampoline_Fini(PyInterpreterState *interp);
+/* Called by PyOS_BeforeFork() and PyOS_AfterFork_Parent(): hold the locks
+   of the perf files and of the gdb list across fork(), so that the child
+   inherits no half-done update from another thread. */
+extern void _PyPerfTrampoline_BeforeFork(void);
+extern void _PyPerfTrampoline_AfterForkParent(void);
 /* Called by PyOS_AfterFork_Child(). */
 extern void _PyPerfTrampoline_AfterForkChild(void);
+
+/* Python-to-Python calls run through the hook and a trampoline only in
+   the upper half of a thread's C stack, above this thread's floor.  Below
+   it, Python/ceval.c runs them the stock way, in the caller's own
+   evaluator, so that recursion reaches the depth it reaches without the
+   hook (see "The C stack" in Python/perf_trampoline.c). */
+#ifdef PY_HAVE_PERF_TRAMPOLINE
+/* initial-exec: a plain load from the thread pointer, also in libpython.so,
+   which is loaded with the program (or early enough by dlopen(): the
+   variable is small). */
+extern _Thread_local uintptr_t _PyPerf_stack_floor
+    __attribute__((tls_model("initial-exec")));
+/* Measure this thread's stack the first time; then say whether sp is
+   above the floor. */
+extern int _PyPerf_MeasureStack(uintptr_t sp);
+
+static inline int
+_PyPerf_StackHasRoom(void)
+{
+    uintptr_t sp;
+#if defined(__x86_64__)
+    __asm__("mov %%rsp, %0" : "=r" (sp));
+#elif defined(__aarch64__)
+    __asm__("mov %0, sp" : "=r" (sp));
+#else
+    char here;
+    sp = (uintptr_t)&here;
+#endif
+    if (sp >= _PyPerf_stack_floor) {
+        return 1;
+    }
+    return _PyPerf_MeasureStack(sp);
+}
+#else
+static inline int
+_PyPerf_StackHasRoom(void)
+{
+    return 1;
+}
+#endif
 
 
 /* The signature of the assembly template in Python/asm_trampoline.S. */
@@ -177,15 +273,22 @@ extern int _PyPerf_BuildEhFrame(uint8_t *buffer, size_t capacity,
    ("py::qualname:filename"), to debuggers that read the process's
    __jit_debug_descriptor (gdb, live or from a core file).  Called once per
    trampoline, when it is first named.  Thread-safe; never fails: after an
-   allocation failure, trampolines are silently no longer described. */
-extern void _PyPerfGdb_AddTrampoline(const void *code, size_t size,
-                                     const char *name);
+   allocation failure, trampolines are silently no longer described.
+   Return a handle for _PyPerfGdb_ForgetTrampoline(), or NULL. */
+extern void * _PyPerfGdb_AddTrampoline(const void *code, size_t size,
+                                       const char *name);
+/* The code object of the trampoline described under handle died: its
+   description may go once its neighbours' have gone too. */
+extern void _PyPerfGdb_ForgetTrampoline(void *handle);
+/* Register at once what is still waiting for the next registration (see
+   "Chunks" in Python/perf_gdb_jit.c). */
+extern void _PyPerfGdb_Flush(void);
+/* Hold and release the gdb list's lock across fork(). */
+extern void _PyPerfGdb_BeforeFork(void);
+extern void _PyPerfGdb_AfterForkParent(void);
 /* Called by _PyPerfTrampoline_AfterForkChild(): the child keeps the
    descriptions (they are its trampolines too) and resets the lock. */
 extern void _PyPerfGdb_AfterForkChild(void);
-/* Withdraw and free all descriptions; called when the main interpreter is
-   finalised, before the trampolines are unmapped. */
-extern void _PyPerfGdb_Fini(void);
 
 #ifdef __cplusplus
 }

@@ -42,16 +42,24 @@ TIMEOUT = support.SHORT_TIMEOUT
 # attach), "abort" (a core dump) or "exit".  Before that, enough other
 # functions run that <module> and foo are described in different chunks.
 # "switch" runs foo under both backends, then traps; "fork" traps in a
-# forked child, under a function that only the child runs.
-SCRIPT = """\
+# forked child, under a function that only the child runs.  "quiet" waits,
+# then runs three new functions that trap at once.
+#
+# While gdb watches, a burst of new functions reaches it at most
+# FLUSH_DELAY later (Python/perf_gdb_jit.c, "Chunks"): "trap" waits that
+# long before it stops, after the burst of f0..f149, foo, bar and baz.
+FLUSH_DELAY = 0.1
+SCRIPT = f"""\
 import os
 import signal
 import sys
+import time
 
-print(f"pid={os.getpid()}", flush=True)
+print(f"pid={{os.getpid()}}", flush=True)
 
 def baz(action):
     if action == "trap":
+        time.sleep({3 * FLUSH_DELAY:.1f})
         os.kill(os.getpid(), signal.SIGTRAP)
     elif action == "wait":
         print("ready", flush=True)
@@ -65,12 +73,23 @@ def bar(action):
 def foo(action):
     bar(action)
 
-namespace = {}
-exec("".join(f"def f{i}(): pass\\n" for i in range(150)), namespace)
+namespace = {{}}
+exec("".join(f"def f{{i}}(): pass\\n" for i in range(150)), namespace)
 for i in range(150):
-    namespace[f"f{i}"]()
+    namespace[f"f{{i}}"]()
 action = sys.argv[1]
-if action == "switch":
+if action == "quiet":
+    time.sleep({3 * FLUSH_DELAY:.1f})
+    exec('''
+def qbaz():
+    os.kill(os.getpid(), signal.SIGTRAP)
+def qbar():
+    qbaz()
+def qfoo():
+    qbar()
+qfoo()
+''')
+elif action == "switch":
     foo("exit")
     sys.activate_stack_trampoline("perf_jit")
     foo("exit")
@@ -81,7 +100,7 @@ elif action == "fork":
     pid = os.fork()
     if pid == 0:
         def child():
-            print(f"pid={os.getpid()}", flush=True)
+            print(f"pid={{os.getpid()}}", flush=True)
             foo("trap")
         child()
         os._exit(0)
@@ -238,6 +257,18 @@ class TestGdbBacktrace(unittest.TestCase):
         output = self.run_under_gdb(["-X", "perf_jit"], "trap", "bt")
         self.assertIn("SIGTRAP", output)
         self.assertPythonBacktrace(output)
+
+    def test_run_new_functions_named_at_once(self):
+        # After a quiet moment, a few new functions reach gdb before they
+        # run: no waiting for the flusher.
+        output = self.run_under_gdb(["-X", "perf"], "quiet", "bt")
+        self.assertIn("SIGTRAP", output)
+        frames = self.frames(output)
+        names = [f"py::{q}:<string>" for q in ("qbaz", "qbar", "qfoo")]
+        for name in names:
+            self.assertIn(name, frames, output)
+        self.assertEqual([frames.index(n) for n in names],
+                         sorted(frames.index(n) for n in names), output)
 
     def test_no_python_frames_without_perf(self):
         output = self.run_under_gdb([], "trap", "bt")

@@ -93,7 +93,8 @@ cleaning_tmp() {
 perf_tests_step() {
     _name=$1 _flavor=$2 _ok=$3
     shift 3
-    _tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb)
+    _tests=$(existing_tests test_perf_profiler test_perfmaps test_perf_gdb \
+        test_perf_hardening)
     if [ "$_ok" = no ]; then
         skip "$_name" "$_flavor build failed"
     elif [ -z "$_tests" ]; then
