@@ -377,7 +377,7 @@ _PyJitdump_AfterForkChild(void)
     /* The descriptor and the mapping are the parent's: let them go without
        writing anything.  The child starts its own dump when it first
        describes code. */
-    _PyPerfOutput_AfterForkChild(&dump_file);
+    _PyPerfOutput_AfterForkChild(&dump_file, 0);
     unmap_marker();
 }
 

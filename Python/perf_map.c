@@ -52,8 +52,10 @@
 
 
 /* Fresh per process, except for lines that another writer of this process
-   wrote before the interpreter first opened the map (see perf_outfile.c). */
-static _PyPerfOutput map = _PyPerfOutput_INIT("/tmp/perf-%ld.map", 0, 0);
+   wrote before the interpreter first opened the map (see perf_outfile.c).
+   Readable, so that a forked child can copy it through the descriptor it
+   inherits. */
+static _PyPerfOutput map = _PyPerfOutput_INIT("/tmp/perf-%ld.map", 1, 0);
 
 
 /* Format "START SIZE NAME\n" into buf (of size bufsize), or into a new
@@ -113,10 +115,123 @@ write_entry(const void *code, size_t size, const char *name)
     return res < 0 ? -1 : 0;
 }
 
-/* Copy the lines of the map at path into this process's map, whole lines
-   only, each batch with one write.  Only what the file holds when the copy
-   starts is copied; a last line without a newline gets one, so that the
-   next entry starts a line of its own. */
+/* Longer lines are not names: copy_lines() drops them. */
+#define MAX_LINE_SIZE (1024 * 1024)
+
+/* Make a line of another writer safe to append: control characters and
+   NUL (a sparse file, a corrupt map) become '?', as in write_entry(). */
+static void
+clean_line_bytes(char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if ((c < 0x20 && c != '\n') || c == 0x7f) {
+            p[i] = '?';
+        }
+    }
+}
+
+/* Append to this process's map the lines of src, a regular file, read with
+   pread() from offset 0 up to size bytes; whole lines only, each batch with
+   one write, lines longer than MAX_LINE_SIZE dropped.  A last line without
+   a newline gets one if complete_last, else it is dropped (it may be a
+   line that another process is writing).  what names src in errors. */
+static int
+copy_lines(int src, off_t size, int complete_last, const char *what)
+{
+    size_t capacity = 64 * 1024, used = 0;
+    off_t offset = 0;
+    int skipping = 0;           // inside a line that is too long
+    char *buf = malloc(capacity + 1);
+    if (buf == NULL) {
+        _PyPerf_SetError(ENOMEM, "cannot copy %s", what);
+        errno = ENOMEM;
+        return -1;
+    }
+    pthread_mutex_lock(&map.lock);
+    int res = _PyPerfOutput_Prepare(&map) < 0 ? -1 : 0;
+    struct stat src_st;
+    if (res == 0 && fstat(src, &src_st) == 0 && map.dev == src_st.st_dev
+        && map.ino == src_st.st_ino)
+    {
+        _PyPerf_SetError(0, "cannot copy %s into itself", what);
+        errno = EINVAL;
+        res = -1;
+    }
+    while (res == 0) {
+        size_t want = capacity - used;
+        if ((off_t)want > size - offset) {
+            want = (size_t)(size - offset);
+        }
+        ssize_t n = want ? pread(src, buf + used, want, offset) : 0;
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            _PyPerf_SetError(errno, "cannot read %s", what);
+            res = -1;
+            break;
+        }
+        offset += n;
+        size_t start = used;
+        used += (size_t)n;
+        clean_line_bytes(buf + start, (size_t)n);
+        if (skipping) {
+            char *newline = memchr(buf, '\n', used);
+            size_t drop = newline ? (size_t)(newline - buf) + 1 : used;
+            memmove(buf, buf + drop, used - drop);
+            used -= drop;
+            skipping = (newline == NULL);
+        }
+        /* Write what ends with a newline; keep a partial last line. */
+        size_t whole = used;
+        while (whole > 0 && buf[whole - 1] != '\n') {
+            whole--;
+        }
+        if (n == 0 && whole < used) {
+            if (complete_last && !skipping) {
+                buf[used++] = '\n';     // the last line, completed
+                whole = used;
+            }
+            else {
+                used = whole;           // the last line, dropped
+            }
+        }
+        if (whole > 0) {
+            res = _PyPerfOutput_Write(&map, buf, whole);
+            memmove(buf, buf + whole, used - whole);
+            used -= whole;
+        }
+        if (n == 0) {
+            break;
+        }
+        if (used == capacity) {     // one line longer than the buffer
+            if (capacity >= MAX_LINE_SIZE) {
+                used = 0;           // not a name: drop the line
+                skipping = 1;
+                continue;
+            }
+            char *bigger = realloc(buf, capacity * 2 + 1);
+            if (bigger == NULL) {
+                _PyPerf_SetError(ENOMEM, "cannot copy %s", what);
+                errno = ENOMEM;
+                res = -1;
+                break;
+            }
+            buf = bigger;
+            capacity *= 2;
+        }
+    }
+    int saved_errno = errno;
+    pthread_mutex_unlock(&map.lock);
+    free(buf);
+    errno = saved_errno;
+    return res;
+}
+
+/* Copy the lines of the map at path into this process's map.  Only what
+   the file holds when the copy starts is copied; a last line without a
+   newline gets one, so that the next entry starts a line of its own. */
 static int
 copy_map(const char *path)
 {
@@ -140,70 +255,8 @@ copy_map(const char *path)
         errno = err;
         return -1;
     }
-    size_t size = 64 * 1024, used = 0;
-    off_t left = src_st.st_size;
-    char *buf = malloc(size + 1);
-    if (buf == NULL) {
-        close(src);
-        _PyPerf_SetError(ENOMEM, "cannot copy %s", path);
-        errno = ENOMEM;
-        return -1;
-    }
-    pthread_mutex_lock(&map.lock);
-    int res = _PyPerfOutput_Prepare(&map) < 0 ? -1 : 0;
-    if (res == 0 && map.dev == src_st.st_dev && map.ino == src_st.st_ino) {
-        _PyPerf_SetError(0, "cannot copy %s into itself", path);
-        errno = EINVAL;
-        res = -1;
-    }
-    while (res == 0) {
-        size_t want = size - used;
-        if ((off_t)want > left) {
-            want = (size_t)left;
-        }
-        ssize_t n = want ? read(src, buf + used, want) : 0;
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            _PyPerf_SetError(errno, "cannot read %s", path);
-            res = -1;
-            break;
-        }
-        used += (size_t)n;
-        left -= n;
-        /* Write what ends with a newline; keep a partial last line. */
-        size_t whole = used;
-        while (whole > 0 && buf[whole - 1] != '\n') {
-            whole--;
-        }
-        if (n == 0 && used > 0 && whole < used) {
-            buf[used++] = '\n';        // the last line, completed
-            whole = used;
-        }
-        if (whole > 0) {
-            res = _PyPerfOutput_Write(&map, buf, whole);
-            memmove(buf, buf + whole, used - whole);
-            used -= whole;
-        }
-        if (n == 0) {
-            break;
-        }
-        if (used == size) {     // one line longer than the buffer
-            char *bigger = realloc(buf, size * 2 + 1);
-            if (bigger == NULL) {
-                _PyPerf_SetError(ENOMEM, "cannot copy %s", path);
-                errno = ENOMEM;
-                res = -1;
-                break;
-            }
-            buf = bigger;
-            size *= 2;
-        }
-    }
+    int res = copy_lines(src, src_st.st_size, 1, path);
     int saved_errno = errno;
-    pthread_mutex_unlock(&map.lock);
-    free(buf);
     close(src);
     errno = saved_errno;
     return res;
@@ -224,15 +277,26 @@ _PyPerfMap_AfterForkParent(void)
 int
 _PyPerfMap_AfterForkChild(int persist)
 {
-    /* The map that the parent had open, whoever wrote it: the perf
-       backend, C code through the API, or both. */
-    pid_t parent_pid = _PyPerfOutput_AfterForkChild(&map);
-    if (!persist || parent_pid == 0) {
+    /* The map that the parent had open, whoever wrote it (the perf
+       backend, C code through the API, or both), read through the
+       descriptor the child inherited: the parent's file even if its name
+       was removed or replaced meanwhile.  The parent held the map's lock
+       at fork() and may be writing again: a last line without its newline
+       is the parent's, not copied. */
+    int parent_map = _PyPerfOutput_AfterForkChild(&map, persist);
+    if (parent_map < 0) {
         return 0;
     }
-    char parent[64];
-    PyOS_snprintf(parent, sizeof(parent), map.path_format, (long)parent_pid);
-    return copy_map(parent) < 0 ? -1 : 1;
+    struct stat st;
+    int res = -1;
+    if (fstat(parent_map, &st) != 0) {
+        _PyPerf_SetError(errno, "cannot stat the parent's perf map");
+    }
+    else {
+        res = copy_lines(parent_map, st.st_size, 0, "the parent's perf map");
+    }
+    close(parent_map);
+    return res < 0 ? -1 : 1;
 }
 
 

@@ -176,13 +176,19 @@ process_start_time(struct timespec *start)
 }
 
 /* Whether the file described by st was left by an earlier process: it was
-   last modified before this process started.  When procfs cannot say,
-   every file found at the first open is taken as left over. */
+   last modified before this process started (or, clocks being what they
+   are, in the future).  When procfs cannot say, every file found at the
+   first open is taken as left over. */
 static int
 left_over(const struct stat *st)
 {
-    struct timespec start;
-    if (process_start_time(&start) < 0) {
+    struct timespec start, now;
+    if (process_start_time(&start) < 0
+        || clock_gettime(CLOCK_REALTIME, &now) != 0)
+    {
+        return 1;
+    }
+    if (st->st_mtim.tv_sec > now.tv_sec + 1) {
         return 1;
     }
     if (st->st_mtim.tv_sec != start.tv_sec) {
@@ -202,9 +208,21 @@ close_quietly(int fd)
     errno = saved_errno;
 }
 
+/* Whether descriptor fd still leads to the file whose identity st holds:
+   another thread of the program may close it and open its own file at the
+   same number at any moment. */
+static int
+same_file(int fd, const struct stat *st)
+{
+    struct stat now;
+    return fstat(fd, &now) == 0 && now.st_dev == st->st_dev
+           && now.st_ino == st->st_ino;
+}
+
 /* Open path and check that it is a file we may write.  Set *created when
    this call created it.  Return the descriptor, above 2, or -1 after
-   _PyPerf_SetError(). */
+   _PyPerf_SetError().  A descriptor is closed only while it is known to be
+   the file at path: never one that the program took over meanwhile. */
 static int
 open_checked(const char *path, int readable, struct stat *st, int *created)
 {
@@ -237,6 +255,17 @@ open_checked(const char *path, int readable, struct stat *st, int *created)
         }
         return -1;
     }
+    struct stat at_path;
+    if (fstat(fd, st) != 0 || lstat(path, &at_path) != 0
+        || st->st_dev != at_path.st_dev || st->st_ino != at_path.st_ino)
+    {
+        /* Taken over by the program, or the name moved: not ours to close,
+           and not to be written. */
+        _PyPerf_SetError(0, "cannot open %s: it changed while opening",
+                         path);
+        errno = EAGAIN;
+        return -1;
+    }
     if (fd <= 2) {
         /* A standard stream was closed: keep out of its way. */
         int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
@@ -245,14 +274,12 @@ open_checked(const char *path, int readable, struct stat *st, int *created)
                              path);
             goto error;
         }
-        close(fd);
+        if (same_file(fd, st)) {
+            close(fd);
+        }
         fd = high;
     }
 
-    if (fstat(fd, st) != 0) {
-        _PyPerf_SetError(errno, "cannot stat %s", path);
-        goto error;
-    }
     if (!S_ISREG(st->st_mode)) {
         _PyPerf_SetError(0, "refusing to write %s: not a regular file", path);
         errno = EINVAL;
@@ -280,7 +307,9 @@ open_checked(const char *path, int readable, struct stat *st, int *created)
     return fd;
 
 error:
-    close_quietly(fd);
+    if (same_file(fd, st)) {
+        close_quietly(fd);
+    }
     return -1;
 }
 
@@ -323,7 +352,9 @@ _PyPerfOutput_Prepare(_PyPerfOutput *out)
     {
         if (ftruncate(fd, 0) != 0) {
             _PyPerf_SetError(errno, "cannot truncate %s", out->path);
-            close_quietly(fd);
+            if (same_file(fd, &st)) {
+                close_quietly(fd);
+            }
             return _PyPerfOutput_FAILED;
         }
         st.st_size = 0;
@@ -382,25 +413,30 @@ _PyPerfOutput_AfterForkParent(_PyPerfOutput *out)
     pthread_mutex_unlock(&out->lock);
 }
 
-pid_t
-_PyPerfOutput_AfterForkChild(_PyPerfOutput *out)
+int
+_PyPerfOutput_AfterForkChild(_PyPerfOutput *out, int keep)
 {
     _PyPerf_ResetLockAfterFork(&out->lock);
     /* The descriptor is the parent's file: the child opens its own, with
        its own pid, when it first writes.  Its copy of the descriptor is
-       closed if the program has not already closed or reused it. */
-    pid_t parent_file = 0;
+       closed (or handed over) if the program has not already closed or
+       reused it. */
+    int inherited = -1;
     if (out->fd >= 0) {
         struct stat st;
         if (fstat(out->fd, &st) == 0 && st.st_dev == out->dev
             && st.st_ino == out->ino)
         {
-            close(out->fd);
-            parent_file = out->pid;
+            if (keep) {
+                inherited = out->fd;
+            }
+            else {
+                close(out->fd);
+            }
         }
         out->fd = -1;
     }
-    return parent_file;
+    return inherited;
 }
 
 

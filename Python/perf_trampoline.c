@@ -112,10 +112,12 @@
  * -----------
  * 3.11 runs a Python-to-Python call in the caller's C frame; through the
  * hook, each call costs a C frame of the evaluator and one of its
- * trampoline.  So that recursion goes as deep as without the perf support,
- * only the upper half of each thread's C stack runs calls through
- * trampolines: below it, calls are made the stock way, inside the caller's
- * evaluator, and the deepest frames go unnamed (_PyPerf_StackHasRoom()).
+ * trampoline.  So that deep recursion does not run out of C stack where
+ * stock 3.11 does not, calls go through trampolines only near the top of
+ * each thread's C stack (an eighth of it, at most 256 KiB: hundreds of
+ * levels of calls); deeper, they are made the stock way, inside the
+ * caller's evaluator, or straight into the evaluator when C code calls
+ * Python, and the deepest frames go unnamed (_PyPerf_StackHasRoom()).
  *
  * Threads and fork
  * ----------------
@@ -227,6 +229,10 @@ static struct {
     /* A failure was reported on stderr since the last activation from
        Python: one warning per failure, not one per call. */
     int warned;
+    /* In a forked child, while the interpreter's own after-fork hooks run
+       (threading's, for one): new code runs without being named, so that
+       a child that calls exec() next leaves no file behind. */
+    int child_at_fork;
     /* Describe trampolines to gdb (PYTHON_PERF_GDB=0 turns it off). */
     int gdb_enabled;
 } perf_state = {.epoch = 1, .common_index = -1, .gdb_enabled = 1};
@@ -901,7 +907,9 @@ eval_frame_slow_path(PyThreadState *tstate, _PyInterpreterFrame *frame,
                      int throwflag)
 {
     interp_record *record = record_of(tstate->interp);
-    if (record == NULL || perf_state.backend == NULL) {
+    if (record == NULL || perf_state.backend == NULL
+        || perf_state.child_at_fork)
+    {
         return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
     }
     void *value = get_extra(frame->f_code, record->extra_index);
@@ -922,11 +930,11 @@ eval_frame_slow_path(PyThreadState *tstate, _PyInterpreterFrame *frame,
                              _PyEval_EvalFrameDefault);
 }
 
-/* The hook.  Its common case is a handful of loads and a tail call into the
+/* The common case of the hook: a handful of loads and a tail call into the
    trampoline, for every Python frame that starts or resumes. */
-PyObject *
-_PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
-                            int throwflag)
+static inline PyObject *
+run_through_trampoline(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                       int throwflag)
 {
     /* -1 (interpreters with different indexes) fails the comparison. */
     size_t index = (size_t)perf_state.common_index;
@@ -942,8 +950,39 @@ _PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
     return eval_frame_slow_path(tstate, frame, throwflag);
 }
 
+/* The hook, as PEP 523 calls it: from C code (vectorcall, generator
+   resumes, C functions that call back into Python).  Deep in the C stack
+   (see "The C stack"), the frame runs without a trampoline, exactly as in
+   stock 3.11 (a tail call: no frame of ours remains). */
+PyObject *
+_PyPerfTrampoline_EvalFrame(PyThreadState *tstate, _PyInterpreterFrame *frame,
+                            int throwflag)
+{
+    if (!_PyPerf_StackHasRoom()) {
+        return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
+    }
+    return run_through_trampoline(tstate, frame, throwflag);
+}
+
+PyObject *
+_PyPerfTrampoline_EvalPushedFrame(PyThreadState *tstate,
+                                  _PyInterpreterFrame *frame)
+{
+    /* The call site checked the stack before it chose this road. */
+    return run_through_trampoline(tstate, frame, 0);
+}
+
 
 /* ---- The C stack -------------------------------------------------------- */
+
+/* The part of a thread's C stack, from its top, in which calls run
+   through trampolines: an eighth, at most 256 KiB.  There, each
+   Python-to-Python call takes a C frame of the evaluator that stock 3.11
+   does not take; a program whose C recursion (callbacks from C code) fills
+   its stack almost to the end in stock 3.11 loses at most about half of
+   this region.  Typical call depths stay well inside it. */
+#define TRAMPOLINE_STACK_FRACTION 8
+#define TRAMPOLINE_STACK_MAX (256 * 1024)
 
 /* Until this thread's stack is measured, the floor is as high as can be,
    so that the first check comes to _PyPerf_MeasureStack(). */
@@ -954,7 +993,7 @@ int
 _PyPerf_MeasureStack(uintptr_t sp)
 {
     if (stack_measured) {
-        return 0;               // in the lower half: run the stock way
+        return 0;               // below the region: run the stock way
     }
     stack_measured = 1;
     /* Unknown: trampolines everywhere, as before this check existed. */
@@ -965,7 +1004,9 @@ _PyPerf_MeasureStack(uintptr_t sp)
         size_t size;
         if (pthread_attr_getstack(&attr, &base, &size) == 0 && size > 0) {
             /* The stack grows down, from base + size to base. */
-            floor = (uintptr_t)base + size / 2;
+            size_t region = Py_MIN(size / TRAMPOLINE_STACK_FRACTION,
+                                   (size_t)TRAMPOLINE_STACK_MAX);
+            floor = (uintptr_t)base + size - region;
         }
         pthread_attr_destroy(&attr);
     }
@@ -1242,6 +1283,7 @@ _PyPerfTrampoline_AfterForkChild(void)
     if (tstate == NULL || perf_state.backend == NULL) {
         return;
     }
+    perf_state.child_at_fork = 1;
     interp_record *main = find_interp(tstate->interp);
     for (interp_record *r = perf_state.interps; r != NULL; r = r->next) {
         if (r != main) {
@@ -1260,6 +1302,13 @@ _PyPerfTrampoline_AfterForkChild(void)
            at the same address, when its code next runs. */
         advance_epoch();
     }
+}
+
+
+void
+_PyPerfTrampoline_AfterForkChildHooks(void)
+{
+    perf_state.child_at_fork = 0;
 }
 
 
@@ -1375,6 +1424,19 @@ void
 _PyPerfTrampoline_AfterForkChild(void)
 {
     _PyPerfMap_AfterForkChild(0);
+}
+
+void
+_PyPerfTrampoline_AfterForkChildHooks(void)
+{
+}
+
+PyObject *
+_PyPerfTrampoline_EvalPushedFrame(PyThreadState *tstate,
+                                  _PyInterpreterFrame *frame)
+{
+    /* Never installed. */
+    return _PyEval_EvalFrameDefault(tstate, frame, 0);
 }
 
 int

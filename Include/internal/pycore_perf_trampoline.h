@@ -111,9 +111,10 @@ extern void _PyPerfOutput_Discard(_PyPerfOutput *out);
 /* Hold the lock across fork(), in the parent. */
 extern void _PyPerfOutput_BeforeFork(_PyPerfOutput *out);
 extern void _PyPerfOutput_AfterForkParent(_PyPerfOutput *out);
-/* In a forked child: reset the lock and let the parent's file go.  Return
-   the pid in the name of the file the parent had open, or 0. */
-extern pid_t _PyPerfOutput_AfterForkChild(_PyPerfOutput *out);
+/* In a forked child: reset the lock and let the parent's file go.  With
+   keep, return the inherited descriptor of the parent's file (for the
+   caller to read and close), or -1 if there is none. */
+extern int _PyPerfOutput_AfterForkChild(_PyPerfOutput *out, int keep);
 /* Reset a lock that another thread of the parent may have held. */
 extern void _PyPerf_ResetLockAfterFork(pthread_mutex_t *lock);
 #endif
@@ -175,6 +176,10 @@ extern int _PyPerfTrampoline_IsActive(PyInterpreterState *interp);
    frame themselves before calling it. */
 extern PyObject * _PyPerfTrampoline_EvalFrame(
     PyThreadState *tstate, struct _PyInterpreterFrame *frame, int throwflag);
+/* The same for a frame that a Python-to-Python call site of Python/ceval.c
+   pushed, after checking _PyPerf_StackHasRoom() itself. */
+extern PyObject * _PyPerfTrampoline_EvalPushedFrame(
+    PyThreadState *tstate, struct _PyInterpreterFrame *frame);
 /* Called by finalize_interp_clear(): remove the hook of interp; for the
    main interpreter also close the outputs (the trampolines stay mapped). */
 extern void _PyPerfTrampoline_Fini(PyInterpreterState *interp);
@@ -183,14 +188,17 @@ extern void _PyPerfTrampoline_Fini(PyInterpreterState *interp);
    inherits no half-done update from another thread. */
 extern void _PyPerfTrampoline_BeforeFork(void);
 extern void _PyPerfTrampoline_AfterForkParent(void);
-/* Called by PyOS_AfterFork_Child(). */
+/* Called by PyOS_AfterFork_Child(), before and after the interpreter's own
+   after-fork hooks (code run between them is not named). */
 extern void _PyPerfTrampoline_AfterForkChild(void);
+extern void _PyPerfTrampoline_AfterForkChildHooks(void);
 
-/* Python-to-Python calls run through the hook and a trampoline only in
-   the upper half of a thread's C stack, above this thread's floor.  Below
-   it, Python/ceval.c runs them the stock way, in the caller's own
-   evaluator, so that recursion reaches the depth it reaches without the
-   hook (see "The C stack" in Python/perf_trampoline.c). */
+/* Calls run through the hook and a trampoline only near the top of a
+   thread's C stack, above this thread's floor.  Below it, Python/ceval.c
+   runs Python-to-Python calls the stock way, in the caller's own
+   evaluator, and the hook calls the evaluator directly, so that recursion
+   reaches the depth it reaches without the hook (see "The C stack" in
+   Python/perf_trampoline.c). */
 #ifdef PY_HAVE_PERF_TRAMPOLINE
 /* initial-exec: a plain load from the thread pointer, also in libpython.so,
    which is loaded with the program (or early enough by dlopen(): the

@@ -20,7 +20,7 @@ import textwrap
 import unittest
 
 from test import support
-from test.support import import_helper, threading_helper
+from test.support import import_helper, os_helper, threading_helper
 
 
 if not sys.platform.startswith("linux"):
@@ -462,6 +462,22 @@ thread.join()
 print(result[0] if result else "no result")
 """
 
+# Recursion through a C function that calls back into Python, deep enough
+# to use most of an 8 MiB C stack in stock 3.11 (about 85%: stock itself
+# runs out near a limit of 26,000 on x86-64), then RecursionError.
+DEEP_CALLBACK_SCRIPT = """\
+import sys
+sys.setrecursionlimit(22000)
+
+def down(n):
+    return list(map(lambda x: down(n + 1), [1]))
+
+try:
+    down(0)
+except RecursionError:
+    print("RecursionError")
+"""
+
 MAIN_STACK = 8 * 1024 * 1024
 
 
@@ -502,6 +518,18 @@ class TestDeepRecursion(HardeningTestCase):
 
     def test_main_thread(self):
         self.check_depth(DEEP_MAIN_SCRIPT, 200000)
+
+    def test_through_c_callbacks(self):
+        # Found after the first fix, which covered Python-to-Python calls
+        # only: frames that C code starts went through trampolines at any
+        # depth, and the program crashed where stock raises RecursionError.
+        script = self.make_script(DEEP_CALLBACK_SCRIPT)
+        for options in ((), ("-X", "perf"), ("-X", "perf_jit")):
+            with self.subTest(options=options):
+                res = self.run_python(*options, script,
+                                      preexec_fn=limit_stack)
+                self.assertExitedOk(res)
+                self.assertEqual(res.out, b"RecursionError\n")
 
     @threading_helper.requires_working_threading()
     def test_thread_with_small_stack(self):
@@ -560,6 +588,11 @@ PERSIST_STATE_CODE = """
     assert t.perf_map_state_init() == 0
     assert t.write_perf_map_entry(0x1000, 16, "jit_a") == 0
     assert t.set_perf_trampoline_persist_after_fork(True) == 0
+    if state == "replaced":
+        path = f"/tmp/perf-{os.getpid()}.map"
+        os.rename(path, path + ".moved")
+        with open(path, "w") as f:
+            f.write("dead 1 impostor\\n")
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
@@ -616,6 +649,16 @@ class TestPersistAfterForkStates(HardeningTestCase):
         line = self.the_entry(parent_map, "parent_func", "<string>").line
         self.assertIn(line, child_map.lines)
 
+    def test_parent_map_renamed(self):
+        # The child copies the file its parent writes, through the
+        # descriptor it inherits, not whatever has the name now.
+        _, (parent, child) = self.run_child(PERSIST_STATE_CODE, "replaced")
+        self.addCleanup(os_helper.unlink, map_path(parent) + ".moved")
+        child_map = PerfMap.read(child)
+        self.assertIsNotNone(child_map, f"{map_path(child)} was not written")
+        self.assertIn(C_API_LINE, child_map.lines)
+        self.assertNotIn(b"dead 1 impostor", child_map.lines)
+
 
 # ---- F8: a new process starts new files -------------------------------------
 
@@ -634,6 +677,9 @@ STALE_DUMP = b"stale bytes of a dead process, not a jitdump\n" * 4
 # argv[1]: the program to exec in the forked child.
 EXEC_AFTER_FORK_CODE = """
     import os, sys
+    # threading registers Python code that runs in every forked child
+    # before os.fork() returns there.
+    import threading
     program = sys.argv[1]
     sys.stdout.flush()
     pid = os.fork()
@@ -748,6 +794,35 @@ class TestFreshFilesPerProcess(HardeningTestCase):
                     EXEC_AFTER_FORK_CODE, program, xoptions=("-X", backend))
                 for path in (map_path(child), jitdump_path(child)):
                     self.assertFalse(os.path.lexists(path), f"{path} exists")
+
+
+COPY_CLEAN_CODE = """
+    import os, sys, _testinternalcapi as t
+    source = sys.argv[1]
+    with open(source, "wb") as f:
+        f.write(b"1000 10 a\\x00b\\x01c\\x1b[31m\\n")
+        f.write(b"2000 10 " + b"x" * (2 * 1024 * 1024) + b"\\n")
+        f.write(b"3000 10 ok\\n")
+    assert t.copy_perf_map_file(source) == 0
+"""
+
+
+class TestCopyCleansLines(HardeningTestCase):
+    """Found by trying to break the first fixes: PyUnstable_CopyPerfMapFile()
+    copied control characters and NUL bytes as they were (a line of another
+    map could break perf's parsing of ours), and buffered a line of any
+    length under the map's lock (a sparse file of 300 MB: 300 MB of NUL
+    bytes in the map)."""
+
+    def setUp(self):
+        super().setUp()
+        import_helper.import_module("_testinternalcapi")
+
+    def test_copy(self):
+        source = os.path.join(self.tmp, "source.map")
+        _, (pid,) = self.run_child(COPY_CLEAN_CODE, source)
+        pmap = self.read_map(pid, python_only=False)
+        self.assertEqual(pmap.lines, [b"1000 10 a?b?c?[31m", b"3000 10 ok"])
 
 
 # ---- F9: failures -----------------------------------------------------------

@@ -25,10 +25,11 @@ export LD_LIBRARY_PATH="$PS_BUILD/fp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 STOCK="test_sys test_embed test_cmd_line test_capi test_os test_threading test_sysconfig test_gdb test_subprocess test_signal"
 # The suites that cover what the fast calls under the perf trampoline must
 # keep exactly as stock 3.11 does: tracing and profiling hooks, recursion,
-# exceptions and tracebacks, frames, generators, coroutines, threads.  They
+# exceptions and tracebacks, frames, generators, coroutines, threads, and
+# the other users of co_extra (test_code: their free functions).  They
 # run with the perf support on in every process (environment variables, so
 # that regrtest's workers and the subprocesses of the tests get it too).
-UNDER_PERF="test_signal test_sys_settrace test_sys_setprofile test_generators test_coroutines test_asyncgen test_exceptions test_frame test_inspect test_traceback test_threading test_sys test_scope test_contextlib test_pdb test_bdb test_gc test_weakref"
+UNDER_PERF="test_code test_signal test_sys_settrace test_sys_setprofile test_generators test_coroutines test_asyncgen test_exceptions test_frame test_inspect test_traceback test_threading test_sys test_scope test_contextlib test_pdb test_bdb test_gc test_weakref"
 
 results=$T/results
 : > "$results"
