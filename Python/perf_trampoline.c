@@ -162,6 +162,21 @@
 #  include <unistd.h>               // sysconf()
 #endif
 
+/* Built with BTI (-mbranch-protection=bti or standard), the template starts
+   with a "bti c" landing pad.  The CPU checks landing pads only on pages
+   mapped with PROT_BTI: without it, an indirect branch to any instruction of
+   any trampoline would be accepted, which leaves gadgets such as the
+   template's "blr x3" reachable in a process otherwise protected by BTI. */
+#if defined(__aarch64__) && defined(__ARM_FEATURE_BTI_DEFAULT) \
+    && __ARM_FEATURE_BTI_DEFAULT
+#  ifndef PROT_BTI
+#    define PROT_BTI 0x10           // <asm/mman.h> of arm64 Linux
+#  endif
+#  define TRAMPOLINE_PROT_BTI PROT_BTI
+#else
+#  define TRAMPOLINE_PROT_BTI 0
+#endif
+
 
 #ifdef PY_HAVE_PERF_TRAMPOLINE
 
@@ -321,7 +336,14 @@ new_arena(size_t slot)
         uintptr_t identity = (uintptr_t)code;
         memcpy(code + identity_offset, &identity, sizeof(identity));
     }
-    if (mprotect(memory, size, PROT_READ | PROT_EXEC) != 0) {
+    int res = mprotect(memory, size,
+                       PROT_READ | PROT_EXEC | TRAMPOLINE_PROT_BTI);
+    if (res != 0 && errno == EINVAL && TRAMPOLINE_PROT_BTI != 0) {
+        /* A CPU or kernel without BTI refuses PROT_BTI; there the landing
+           pad is a NOP and nothing is checked anyway. */
+        res = mprotect(memory, size, PROT_READ | PROT_EXEC);
+    }
+    if (res != 0) {
         _PyPerf_SetError(errno, "cannot make perf trampolines executable "
                          "(is memory-deny-write-execute or an execmem "
                          "policy in force?)");
