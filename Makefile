@@ -93,6 +93,19 @@ ifeq ($(filter yes no,$(FRAME_POINTERS)),)
 $(error FRAME_POINTERS must be yes or no, not '$(FRAME_POINTERS)')
 endif
 
+# Sanitizers (comma-separated: address, undefined, thread): with SANITIZE
+# set, "make build" builds build/san-NAMES ("," -> "_", e.g.
+# build/san-address_undefined) with frame pointers and 3.11's sanitizer
+# configure options, leaving build/fp and build/nofp alone.
+SANITIZE ?=
+comma := ,
+empty :=
+space := $(empty) $(empty)
+SAN_NAMES = $(subst $(comma),_,$(subst $(space),,$(strip $(SANITIZE))))
+ifneq ($(SAN_NAMES),)
+FLAVOR := san-$(SAN_NAMES)
+endif
+
 # Everything the scripts need comes through the environment.
 export PS_TOP := $(TOP)
 export PS_BUILD := $(BUILD)
@@ -202,6 +215,13 @@ install: build-fp
 abi-check: source
 	@sh $(PS)/abi-check.sh $(PRISTINE)/ $(SRC) $(BUILD)/abi
 
+# AArch64, executed: cross-build build/aarch64 and build/aarch64-bti (BTI +
+# pointer authentication) with build/fp/python as the build Python, and run
+# the perf tests on both under qemu-user (Tools/perfsupport/aarch64.sh).
+.PHONY: aarch64-test
+aarch64-test: build-fp
+	@sh $(PS)/aarch64.sh
+
 # ---- benchmarks -------------------------------------------------------------
 # The stock interpreter the benchmarks compare with: the pristine tree built
 # with the flags of build/$(FLAVOR).
@@ -220,6 +240,43 @@ bench: build-$(FLAVOR) build-stock
 	$(BENCH_PYTHON) $(TOP)/Tools/bench/run.py \
 	    --stock $(STOCK_BUILD)/python --patched $(BUILD)/$(FLAVOR)/python \
 	    $(if $(QUICK),--quick) $(if $(CALLGRIND),--callgrind) --out $(BENCH_OUT)
+
+# ---- sanitizers, CPython's regression suite ------------------------------------
+.PHONY: sanitize regrtest
+
+# build/san-NAMES: the patched tree with frame pointers and sanitizers.
+build-san-%: source
+	@PS_SANITIZE='$(subst _,$(comma),$*)' sh $(PS)/build.sh san
+
+# The perf tests and the frame/thread/signal suites on a sanitizer build
+# (SANITIZE, default address,undefined), profiling off, PYTHONPERFSUPPORT=1,
+# PYTHON_PERF_JIT_SUPPORT=1; QUICK=1: the perf tests under the two backends;
+# TESTS=: other modules.
+SAN_TEST_NAMES = $(or $(SAN_NAMES),address_undefined)
+SANITIZE_TIMEOUT ?= 1800
+sanitize: build-san-$(SAN_TEST_NAMES)
+	@PS_QUICK='$(QUICK)' PS_TIMEOUT='$(SANITIZE_TIMEOUT)' PS_TESTS='$(TESTS)' \
+	    PS_REGRTEST_OPTS='$(REGRTEST_OPTS)' \
+	    sh $(PS)/sanitize.sh $(BUILD)/san-$(SAN_TEST_NAMES)
+
+# CPython's whole "python -m test -j2" (or TESTS="test_a test_b") on
+# build/$(FLAVOR), profiling off, PYTHONPERFSUPPORT=1 and
+# PYTHON_PERF_JIT_SUPPORT=1, and on stock 3.11 built with the same flags;
+# table of the modules whose result differs from stock:
+# build/regrtest/table.md.  REGRTEST_TIMEOUT: regrtest's --timeout (3.11's
+# own "make buildbottest" value); REGRTEST_OPTS: more regrtest options.
+TESTS ?=
+REGRTEST_TIMEOUT ?= 1200
+REGRTEST_OPTS ?=
+ifneq ($(SAN_NAMES),)
+regrtest:
+	@echo "[regrtest] the stock build has no sanitizers: run it without SANITIZE=" >&2; exit 2
+else
+regrtest: build-$(FLAVOR) build-stock
+	@PS_TESTS='$(TESTS)' PS_TIMEOUT='$(REGRTEST_TIMEOUT)' \
+	    PS_REGRTEST_OPTS='$(REGRTEST_OPTS)' \
+	    sh $(PS)/regrtest.sh $(BUILD)/$(FLAVOR) $(STOCK_BUILD)
+endif
 
 # ---- cleaning -------------------------------------------------------------------
 clean:
@@ -252,8 +309,16 @@ help:
 	@echo '  install      make install of build/fp (honours --prefix in CONFIGURE_FLAGS, and DESTDIR=)'
 	@echo '  abi-check    stock vs patched libpython: abidiff, and an extension and an embedding'
 	@echo '               program built on stock headers run on the patched library (build/abi)'
+	@echo '  aarch64-test cross-build for AArch64 (plain and BTI/PAC) and run the perf tests under qemu-user'
 	@echo '  bench        benchmarks: stock vs patched, off vs -X perf, the generic road, -X perf_jit'
 	@echo '               (QUICK=1: under 3 minutes; CALLGRIND=1: instruction counts too)'
+	@echo '  build SANITIZE=address,undefined  (or thread): the patched tree with frame pointers'
+	@echo '               and 3.11'"'"'s sanitizer options, in build/san-address_undefined'
+	@echo '  sanitize     on that build (SANITIZE=, default address,undefined): perf tests and the'
+	@echo '               frame/thread/signal suites, profiling off, -X perf, -X perf_jit; any'
+	@echo '               sanitizer report fails (QUICK=1: only the perf tests, under the two backends)'
+	@echo '  regrtest     CPython'"'"'s whole "python -m test -j2" on build/fp off, perf, perf_jit and on'
+	@echo '               build/stock-fp; table of the modules that differ from stock (TESTS= for a subset)'
 	@echo '  clean        remove build trees, keep build/download'
 	@echo '  distclean    remove build/'
 	@echo
@@ -265,3 +330,5 @@ help:
 	@echo '  CC=$(CC)   CCACHE=$(CCACHE)   -> $(BUILD_CC)'
 	@echo '  PYTHON_FOR_REGEN=$(PYTHON_FOR_REGEN)   SCRIPT=$(SCRIPT)   CHECK_PATCH=$(CHECK_PATCH)   ABI_CHECK=$(ABI_CHECK)'
 	@echo '  DESTDIR=$(DESTDIR)   DEB_VERSION=$(DEB_VERSION)'
+	@echo '  SANITIZE=$(SANITIZE)   SANITIZE_TIMEOUT=$(SANITIZE_TIMEOUT)   QUICK=$(QUICK)'
+	@echo '  TESTS=$(TESTS)   REGRTEST_TIMEOUT=$(REGRTEST_TIMEOUT)   REGRTEST_OPTS=$(REGRTEST_OPTS)'
