@@ -1025,10 +1025,17 @@ _PyPerf_MeasureStack(uintptr_t sp)
         void *base;
         size_t size;
         if (pthread_attr_getstack(&attr, &base, &size) == 0 && size > 0) {
-            /* The stack grows down, from base + size to base. */
-            size_t region = Py_MIN(size / TRAMPOLINE_STACK_FRACTION,
-                                   (size_t)TRAMPOLINE_STACK_MAX);
-            floor = (uintptr_t)base + size - region;
+            /* The stack grows down, from base + size to base.  Its top may
+               hold the thread's static TLS (large under some runtimes):
+               the region starts where this thread is now, at its first
+               Python call. */
+            uintptr_t top = Py_MIN(sp, (uintptr_t)base + size);
+            if (top > (uintptr_t)base) {
+                size_t usable = top - (uintptr_t)base;
+                size_t region = Py_MIN(usable / TRAMPOLINE_STACK_FRACTION,
+                                       (size_t)TRAMPOLINE_STACK_MAX);
+                floor = top - region;
+            }
         }
         pthread_attr_destroy(&attr);
     }

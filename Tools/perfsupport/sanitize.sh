@@ -21,9 +21,9 @@
 # that produced it.  Sanitizer options:
 #   ASAN_OPTIONS   detect_leaks=0:allocator_may_return_null=1:handle_segv=0,
 #                  the options of CPython 3.11's CI job "Address sanitizer"
-#                  (3.11 does not free everything at exit; the MemoryError
-#                  tests ask for huge blocks; faulthandler's tests crash on
-#                  purpose), plus halt_on_error=1;
+#                  (no leak checking, as there; the MemoryError tests ask
+#                  for huge blocks; faulthandler's tests crash on purpose),
+#                  plus halt_on_error=1;
 #   UBSAN_OPTIONS  print_stacktrace=1:halt_on_error=1;
 #   TSAN_OPTIONS   halt_on_error=1:second_deadlock_stack=1, and the
 #                  suppressions below (races of stock 3.11 itself);
