@@ -82,6 +82,10 @@ CHECK_PATCH ?= yes
 # "make test" also runs abi-check (two --enable-shared builds); ABI_CHECK=no
 # skips it.
 ABI_CHECK ?= yes
+# "make test" also runs the sanitizer step (a build with AddressSanitizer and
+# UndefinedBehaviorSanitizer, then "make sanitize QUICK=1"); SANITIZE_CHECK=no
+# skips it.
+SANITIZE_CHECK ?= yes
 
 BUILD    := $(TOP)/build
 STAMPS   := $(BUILD)/stamps
@@ -125,6 +129,7 @@ export PS_PYTHON_FOR_REGEN := $(PYTHON_FOR_REGEN)
 export PS_SCRIPT := $(SCRIPT)
 export PS_CHECK_PATCH := $(CHECK_PATCH)
 export PS_ABI_CHECK := $(ABI_CHECK)
+export PS_SANITIZE_CHECK := $(SANITIZE_CHECK)
 export PS_DESTDIR := $(DESTDIR)
 
 # Inputs of the working tree.
@@ -328,7 +333,7 @@ help:
 	@echo '  OPT_CFLAGS=$(OPT_CFLAGS)'
 	@echo '  CONFIGURE_FLAGS=$(CONFIGURE_FLAGS)'
 	@echo '  CC=$(CC)   CCACHE=$(CCACHE)   -> $(BUILD_CC)'
-	@echo '  PYTHON_FOR_REGEN=$(PYTHON_FOR_REGEN)   SCRIPT=$(SCRIPT)   CHECK_PATCH=$(CHECK_PATCH)   ABI_CHECK=$(ABI_CHECK)'
+	@echo '  PYTHON_FOR_REGEN=$(PYTHON_FOR_REGEN)   SCRIPT=$(SCRIPT)   CHECK_PATCH=$(CHECK_PATCH)   ABI_CHECK=$(ABI_CHECK)   SANITIZE_CHECK=$(SANITIZE_CHECK)'
 	@echo '  DESTDIR=$(DESTDIR)   DEB_VERSION=$(DEB_VERSION)'
 	@echo '  SANITIZE=$(SANITIZE)   SANITIZE_TIMEOUT=$(SANITIZE_TIMEOUT)   QUICK=$(QUICK)'
 	@echo '  TESTS=$(TESTS)   REGRTEST_TIMEOUT=$(REGRTEST_TIMEOUT)   REGRTEST_OPTS=$(REGRTEST_OPTS)'

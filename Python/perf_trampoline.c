@@ -245,8 +245,9 @@ static struct {
        Python: one warning per failure, not one per call. */
     int warned;
     /* In a forked child, while the interpreter's own after-fork hooks run
-       (threading's, for one): new code runs without being named, so that
-       a child that calls exec() next leaves no file behind. */
+       (threading's, for one), and for good in a child of subprocess that
+       runs preexec_fn: new code runs without being named, so that a child
+       that calls exec() next leaves no file behind. */
     int child_at_fork;
     /* Describe trampolines to gdb (PYTHON_PERF_GDB=0 turns it off). */
     int gdb_enabled;
@@ -1340,6 +1341,13 @@ _PyPerfTrampoline_AfterForkChildHooks(void)
     perf_state.child_at_fork = 0;
 }
 
+void
+_PyPerfTrampoline_ChildWillExec(void)
+{
+    /* Not undone: the child ends in exec() or _exit(). */
+    perf_state.child_at_fork = 1;
+}
+
 
 /* ---- C API -------------------------------------------------------------- */
 
@@ -1457,6 +1465,11 @@ _PyPerfTrampoline_AfterForkChild(void)
 
 void
 _PyPerfTrampoline_AfterForkChildHooks(void)
+{
+}
+
+void
+_PyPerfTrampoline_ChildWillExec(void)
 {
 }
 

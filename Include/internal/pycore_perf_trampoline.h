@@ -192,6 +192,10 @@ extern void _PyPerfTrampoline_AfterForkParent(void);
    after-fork hooks (code run between them is not named). */
 extern void _PyPerfTrampoline_AfterForkChild(void);
 extern void _PyPerfTrampoline_AfterForkChildHooks(void);
+/* Called by Modules/_posixsubprocess.c in a child that runs preexec_fn
+   and then exec()s another program: nothing it runs is named, so that the
+   program it becomes (the same pid) finds no map or dump of this one. */
+PyAPI_FUNC(void) _PyPerfTrampoline_ChildWillExec(void);
 
 /* Calls run through the hook and a trampoline only near the top of a
    thread's C stack, above this thread's floor.  Below it, Python/ceval.c

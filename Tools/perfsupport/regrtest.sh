@@ -224,10 +224,36 @@ def result(way, m):
     return runs[way].get(m, "not run")
 
 
-differ, same_failures = [], []
+# The one accepted difference (README, "Reliability"): a child that lists
+# its own descriptors sees its own perf map's or dump's.  Accepted only when
+# it is the module's single failure, in these ways, as regrtest reports it.
+ACCEPTED = {("test_subprocess", "test_pass_fds_redirected"): ("perf", "perf_jit")}
+
+
+def only_accepted(way, m, expected):
+    for (module, test), ways in ACCEPTED.items():
+        if module != m or way not in ways or expected != "passed":
+            continue
+        if runs[way].get(m) != "failed (1 failure)":
+            continue
+        with open(os.path.join(out, f"{way}.log"), errors="replace") as f:
+            log = f.read()
+        block = log.split(f"test {m} failed -- ", 1)[1:]
+        if block and f", in {test}\n" in block[0].split("\n\n", 1)[0]:
+            return f"{test} only"
+    return None
+
+
+differ, same_failures, accepted = [], [], []
 for m in modules:
     row = [result(w, m) for w in WAYS]
     expected = row[0] if m in in_stock else "passed"
+    for i, way in enumerate(WAYS[1:], 1):
+        if row[i] != expected:
+            why = only_accepted(way, m, expected)
+            if why:
+                accepted.append(f"{m} under {way} ({why})")
+                row[i] = expected
     if any(r != expected for r in row[1:]):
         differ.append((m, row))
     elif row[0] not in ("passed", "(not in stock)") \
@@ -265,6 +291,10 @@ if differ:
         md.append(f"| {m} | " + " | ".join(row) + " |")
 else:
     md.append(f"No module differs from stock ({len(modules)} compared).")
+if accepted:
+    md.append("")
+    md.append("Accepted (a child lists its own descriptors and sees its perf "
+              "file): " + ", ".join(accepted) + ".")
 if same_failures:
     md.append("")
     md.append("Same result as stock, but not a pass: "

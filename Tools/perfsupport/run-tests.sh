@@ -1,7 +1,8 @@
 #!/bin/sh
 # "make test": build both interpreters, check the generated patches, run the
 # perf tests and the stock suites most likely to be hurt by the patch set,
-# check the exported patch; then print a summary table and the line
+# run the perf tests on a sanitizer build, check the binary interface and
+# the exported patch; then print a summary table and the line
 # "N passed, M failed" (counting steps).  Every step runs even when an
 # earlier one failed (steps that need a build which failed are skipped);
 # the exit status is 1 if any step failed.  Logs: build/test/<step>.log.
@@ -15,6 +16,7 @@ clean_python_env
 : "${PS_MAKE:=make}"
 : "${PS_CHECK_PATCH:=yes}"
 : "${PS_ABI_CHECK:=yes}"
+: "${PS_SANITIZE_CHECK:=yes}"
 T=$PS_BUILD/test
 FP=$PS_BUILD/fp/python
 NOFP=$PS_BUILD/nofp/python
@@ -149,6 +151,14 @@ else
     step "suites under -X perf_jit" cleaning_tmp in_dir "$PS_BUILD/nofp" \
         env PYTHON_PERF_JIT_SUPPORT=1 ./python -m test -j2 --timeout 900 \
         $UNDER_PERF
+fi
+
+# ASAN + UBSAN: the perf test modules (but gdb's) under both backends.
+if [ "$PS_SANITIZE_CHECK" = no ]; then
+    skip "sanitizers (quick)" "SANITIZE_CHECK=no"
+else
+    step "sanitizers (quick)" $PS_MAKE --no-print-directory sanitize QUICK=1 \
+        SANITIZE=address,undefined
 fi
 
 if [ "$PS_ABI_CHECK" = no ]; then
