@@ -1,5 +1,7 @@
-# Build, test and export the backport of CPython 3.12's perf support
-# (-X perf, perf map trampolines, jitdump) to CPython 3.11.2.
+# Build, test and export perf profiler support for CPython 3.11 (3.11.2 by
+# default): -X perf, -X perf_jit and the sys stack-trampoline functions as in
+# newer CPython releases, plus binary compatibility with stock 3.11, fast
+# Python-to-Python calls under the trampoline and gdb backtraces through it.
 #
 # "make help" lists the targets and variables.  GNU make; every variable
 # below can be overridden on the command line (make VAR=value target).
@@ -297,7 +299,7 @@ distclean:
 FORCE:
 
 help:
-	@echo 'Backport of CPython 3.12 perf support to 3.11.2: build, test, export.'
+	@echo 'perf profiler support for CPython 3.11: build, test, export.'
 	@echo
 	@echo 'Targets:'
 	@echo '  all          (default) deps, fetch, build, demo (demo may only report that perf cannot record)'

@@ -9,6 +9,10 @@ frame pointers, for the jitdump checks (`make test` sets it).  The script
 profiles the foo/bar/baz example of the documentation as a user would, and
 prints, for each mode, the share of the samples inside py::foo whose stack
 also holds py::bar, py::baz and py::<module>.
+
+How `perf script` output is read and how complete the chains must be come
+from the in-tree test (Lib/test/test_perf_profiler.py: perf_stacks(),
+count_chains(), MIN_COMPLETE_SHARE), so that both ask the same.
 """
 
 import glob
@@ -20,7 +24,14 @@ import sysconfig
 import tempfile
 import unittest
 
-PERF = shutil.which("perf")
+# The interpreter under test has its own Lib/test.  The module raises
+# SkipTest on import where it cannot run (no trampolines in this build).
+try:
+    from test.test_perf_profiler.util import (MIN_COMPLETE_SHARE, PERF,
+                                              count_chains, perf_stacks)
+except unittest.SkipTest as exc:
+    sys.exit(f"{sys.executable}: {exc}")
+
 NOFP_PYTHON = os.environ.get("PERF_TEST_NOFP_PYTHON")
 
 # The example of the documentation, also profiled by "make demo".
@@ -29,7 +40,8 @@ DEMO_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 with open(DEMO_PATH) as demo_file:
     DEMO = demo_file.read()
 
-CHAIN = ("py::bar:", "py::baz:", "py::<module>:")
+# The callers of foo in the example, innermost first.
+CALLERS = ("bar", "baz", "<module>")
 
 
 def clean_environment():
@@ -44,41 +56,6 @@ def perf_version():
     out = subprocess.run([PERF, "--version"], capture_output=True, text=True)
     numbers = out.stdout.split()[-1].split(".")
     return tuple(int(n) for n in numbers[:2] if n.isdigit())
-
-
-def parse_samples(script_output):
-    """Split `perf script` output into samples: lists of symbol lines."""
-    samples, current = [], None
-    for line in script_output.splitlines():
-        if not line.strip():
-            if current is not None:
-                samples.append(current)
-            current = None
-        elif not line[0].isspace():
-            if current is not None:
-                samples.append(current)
-            current = []
-        elif current is not None:
-            current.append(line.strip())
-    if current is not None:
-        samples.append(current)
-    return samples
-
-
-def chain_figure(samples, chain=CHAIN):
-    """(samples with py::foo, of which with the whole chain above foo)."""
-    with_foo = complete = 0
-    for stack in samples:
-        frames = [f for f in stack if "py::" in f]
-        index = next((i for i, f in enumerate(frames) if "py::foo:" in f),
-                     None)
-        if index is None:
-            continue
-        with_foo += 1
-        callers = frames[index + 1:]    # perf script prints leaf first
-        if all(any(name in f for f in callers) for name in chain):
-            complete += 1
-    return with_foo, complete
 
 
 class PerfCase(unittest.TestCase):
@@ -110,7 +87,8 @@ class PerfCase(unittest.TestCase):
                self.script, str(n)]
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env=clean_environment(), cwd=self.tmp)
-        pid = proc.stdout.split()[0] if proc.stdout.split() else None
+        out = proc.stdout.split()
+        pid = int(out[0]) if out and out[0].isdigit() else None
         if pid is not None:
             self.addCleanup(self.forget_pid, pid)
         self.assertEqual(proc.returncode, 0,
@@ -118,7 +96,8 @@ class PerfCase(unittest.TestCase):
         return data, pid
 
     def script_output(self, data):
-        proc = subprocess.run([PERF, "script", "-i", data], cwd=self.tmp,
+        proc = subprocess.run([PERF, "script", "-i", data, "--no-inline"],
+                              cwd=self.tmp,
                               capture_output=True, text=True)
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
         return proc.stdout
@@ -131,12 +110,23 @@ class PerfCase(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
         return injected
 
-    def report(self, label, with_foo, complete):
-        share = 100.0 * complete / with_foo if with_foo else 0.0
+    def check_chains(self, label, data, pid, min_samples,
+                     callers=CALLERS):
+        """Print the share of the samples in py::foo that show the whole
+        chain of callers above it, and check it as the in-tree test does."""
+        stacks = perf_stacks(self.script_output(data), pid)
+        with_foo, complete = count_chains(stacks, self.script,
+                                          ("foo", *callers))
+        self.assertGreaterEqual(with_foo, min_samples,
+                                "too few samples in py::foo")
+        share = 100.0 * complete / with_foo
+        names = [f"py::{q}" for q in callers]
+        above = " and ".join([", ".join(names[:-1]), names[-1]])
         print(f"\n  {label}: {complete} of {with_foo} samples in py::foo "
-              f"have py::bar, py::baz and py::<module> above it: "
-              f"{share:.1f}%", flush=True)
-        return share
+              f"have {above} above it: {share:.1f}%", flush=True)
+        self.assertGreater(complete, with_foo * MIN_COMPLETE_SHARE,
+                           f"{label}: {complete} of {with_foo} samples in "
+                           f"py::foo show the chain of its callers")
 
 
 class FramePointerTests(PerfCase):
@@ -150,11 +140,7 @@ class FramePointerTests(PerfCase):
     def test_perf_map_chain_complete(self):
         data, pid = self.record(sys.executable, ["-X", "perf"],
                                 ["-F", "9999", "-g"], 3_000_000)
-        samples = parse_samples(self.script_output(data))
-        with_foo, complete = chain_figure(samples)
-        self.assertGreaterEqual(with_foo, 50, "too few samples in py::foo")
-        share = self.report("-X perf, frame pointers", with_foo, complete)
-        self.assertEqual(share, 100.0)
+        self.check_chains("-X perf, frame pointers", data, pid, 50)
 
     def test_activated_from_python(self):
         script = os.path.join(self.tmp, "activate.py")
@@ -166,10 +152,8 @@ class FramePointerTests(PerfCase):
         data, pid = self.record(sys.executable, [], ["-F", "999", "-g"],
                                 3_000_000)
         # <module> was running before the activation: it has no trampoline.
-        with_foo, complete = chain_figure(
-            parse_samples(self.script_output(data)), CHAIN[:2])
-        self.assertGreater(with_foo, 0)
-        self.assertEqual(complete, with_foo)
+        self.check_chains("sys.activate_stack_trampoline(), frame pointers",
+                          data, pid, 1, CALLERS[:2])
 
     def test_no_python_names_without_perf(self):
         data, pid = self.record(sys.executable, [], ["-F", "999", "-g"],
@@ -208,13 +192,8 @@ class JitdumpTests(PerfCase):
     def test_perf_jit_chain_complete(self):
         data, pid = self.record_dwarf(["-X", "perf_jit"], 60_000_000)
         self.assertTrue(os.path.exists(f"/tmp/jit-{pid}.dump"))
-        injected = self.inject(data)
-        samples = parse_samples(self.script_output(injected))
-        with_foo, complete = chain_figure(samples)
-        self.assertGreaterEqual(with_foo, 20, "too few samples in py::foo")
-        share = self.report("-X perf_jit, no frame pointers, DWARF",
-                            with_foo, complete)
-        self.assertGreaterEqual(share, 95.0)
+        self.check_chains("-X perf_jit, no frame pointers, DWARF",
+                          self.inject(data), pid, 20)
 
     def test_no_python_names_without_perf_jit(self):
         data, pid = self.record_dwarf([], 3_000_000)

@@ -312,10 +312,9 @@ map_backend_open(void)
 }
 
 static int
-map_backend_emit(const void *code, size_t size, const char *name,
-                 PyCodeObject *Py_UNUSED(co))
+map_backend_emit(const _PyPerf_Description *what)
 {
-    return write_entry(code, size, name);
+    return write_entry(what->code, what->size, what->name);
 }
 
 static void
@@ -325,26 +324,26 @@ map_backend_close(void)
        PyUnstable_PerfMapState_Fini() and of finalisation. */
 }
 
-static int
-map_backend_after_fork_child(int map_copied)
-{
-    /* The copy of the parent's map names the trampolines already. */
-    return map_copied;
-}
-
 static size_t
 map_backend_reserved_after(size_t Py_UNUSED(code_size))
 {
     return 0;
 }
 
+/* The map's fork functions serve the backend as they are: whatever is
+   active, the child's map starts as a copy of the parent's when persist is
+   set (it may hold C code's lines too), and that copy names the parent's
+   trampolines already. */
 const _PyPerf_Backend _PyPerf_MapBackend = {
     .name = "perf",
+    .env_variable = "PYTHONPERFSUPPORT",
     .reserved_after = map_backend_reserved_after,
     .open = map_backend_open,
     .emit = map_backend_emit,
     .close = map_backend_close,
-    .after_fork_child = map_backend_after_fork_child,
+    .before_fork = _PyPerfMap_BeforeFork,
+    .after_fork_parent = _PyPerfMap_AfterForkParent,
+    .after_fork_child = _PyPerfMap_AfterForkChild,
 };
 
 

@@ -28,8 +28,10 @@
  *     lines to /tmp/perf-PID.map, which perf reads at report time;
  *   - "perf_jit" (Python/perf_jit_trampoline.c) writes a jitdump with the
  *     code bytes and DWARF unwind information for `perf inject --jit`.
- * This file does not know their formats: it hands each trampoline to the
- * active backend once (see "epochs" below).  Whatever the backend, the
+ * This file does not know their formats, nor which backends exist (it
+ * iterates the list in Python/perf_backends.c), nor how one is chosen (-X,
+ * the environment and the sys functions: Python/perf_config.c): it hands
+ * each trampoline to the active backend once (see "epochs" below).  Whatever the backend, the
  * first time a trampoline is named it is also described to gdb through its
  * JIT interface (Python/perf_gdb_jit.c), so that debugger backtraces, live
  * or from a core file, show the same names.
@@ -53,9 +55,9 @@
  * needs each frame to run through its trampoline, so Python/ceval.c keeps
  * both for it: the call site pushes the frame the fast way and hands it to
  * the hook instead of jumping into it (see CAN_PUSH_CALLEE_FRAME there).
- * Setting _PYTHON_PERF_GENERIC_CALLS=1 before activation installs the hook
- * under another name, which ceval.c treats like any other hook: it exists to
- * measure the difference.  When the C stack runs low, the call site runs
+ * _PyPerfTrampoline_SetGenericCalls() (for the benchmarks, through
+ * _testinternalcapi) installs the hook under another name, which ceval.c
+ * treats like any other hook: it exists to measure the difference.  When the C stack runs low, the call site runs
  * the callee in its own evaluator without the hook (see "The C stack").
  *
  * Memory
@@ -152,9 +154,7 @@
 
 #include <errno.h>                  // errno
 #include <stdint.h>                 // uintptr_t
-#include <stdlib.h>                 // strtol(), getenv(), wcstombs()
 #include <string.h>                 // memcpy()
-#include <wchar.h>                  // wcsncmp()
 
 #ifdef PY_HAVE_PERF_TRAMPOLINE
 #  include <pthread.h>              // pthread_getattr_np()
@@ -179,13 +179,6 @@
 
 
 #ifdef PY_HAVE_PERF_TRAMPOLINE
-
-/* The template and its labels, from Python/asm_trampoline.S. */
-extern char _Py_trampoline_func_start[];
-extern char _Py_trampoline_frame_pushed[];
-extern char _Py_trampoline_frame_set[];
-extern char _Py_trampoline_frame_popped[];
-extern char _Py_trampoline_func_end[];
 
 /* Bytes after the code that hold the slot's own address. */
 #define IDENTITY_SIZE sizeof(uintptr_t)
@@ -251,6 +244,8 @@ static struct {
     int child_at_fork;
     /* Describe trampolines to gdb (PYTHON_PERF_GDB=0 turns it off). */
     int gdb_enabled;
+    /* Install the hook under another name (for the benchmarks). */
+    int generic_calls;
 } perf_state = {.epoch = 1, .common_index = -1, .gdb_enabled = 1};
 
 /* The entries of all code objects, in one table (used with the GIL held;
@@ -267,23 +262,7 @@ static struct {
     size_t free_capacity;
 } entries;
 
-static _PyPerf_TrampolineLayout layout;
-
-
 /* ---- The template ------------------------------------------------------- */
-
-const _PyPerf_TrampolineLayout *
-_PyPerf_GetTrampolineLayout(void)
-{
-    if (layout.code_size == 0) {
-        char *start = _Py_trampoline_func_start;
-        layout.frame_pushed = (size_t)(_Py_trampoline_frame_pushed - start);
-        layout.frame_set = (size_t)(_Py_trampoline_frame_set - start);
-        layout.frame_popped = (size_t)(_Py_trampoline_frame_popped - start);
-        layout.code_size = (size_t)(_Py_trampoline_func_end - start);
-    }
-    return &layout;
-}
 
 /* The size that the backends describe: the code and its identity. */
 static size_t
@@ -333,7 +312,7 @@ new_arena(size_t slot)
     size_t identity_offset = described_size() - IDENTITY_SIZE;
     for (size_t i = 0; i < capacity; i++) {
         char *code = memory + i * slot;
-        memcpy(code, _Py_trampoline_func_start, lay->code_size);
+        memcpy(code, lay->start, lay->code_size);
         uintptr_t identity = (uintptr_t)code;
         memcpy(code + identity_offset, &identity, sizeof(identity));
     }
@@ -648,33 +627,50 @@ utf8_bytes(PyObject *text)
     return bytes;
 }
 
-/* "py::<qualname>:<filename>", the form that upstream CPython and the tools
-   that parse perf output use.  Return a new bytes object, or NULL with
-   _PyPerf_SetError(). */
-static PyObject *
-trampoline_name(PyCodeObject *co)
+/* What the backends are told of a code object: its name
+   "py::<qualname>:<filename>" (the form that the tools that parse perf
+   output expect), its file name and first line. */
+typedef struct {
+    PyObject *name;             // bytes
+    PyObject *filename;         // bytes
+    int lineno;
+} code_names;
+
+/* Fill names for co.  Return 0, or -1 with _PyPerf_SetError(). */
+static int
+name_code(PyCodeObject *co, code_names *names)
 {
     PyObject *qualname = utf8_bytes(co->co_qualname);
-    PyObject *filename = utf8_bytes(co->co_filename);
-    PyObject *name = NULL;
-    if (qualname != NULL && filename != NULL) {
-        name = PyBytes_FromFormat("py::%s:%s", PyBytes_AS_STRING(qualname),
-                                  PyBytes_AS_STRING(filename));
+    names->filename = utf8_bytes(co->co_filename);
+    names->name = NULL;
+    names->lineno = co->co_firstlineno;
+    if (qualname != NULL && names->filename != NULL) {
+        names->name = PyBytes_FromFormat("py::%s:%s",
+                                         PyBytes_AS_STRING(qualname),
+                                         PyBytes_AS_STRING(names->filename));
     }
     Py_XDECREF(qualname);
-    Py_XDECREF(filename);
-    if (name == NULL) {
+    if (names->name == NULL) {
+        Py_CLEAR(names->filename);
         PyErr_Clear();
         _PyPerf_SetError(0, "out of memory naming a perf trampoline");
+        return -1;
     }
-    return name;
+    return 0;
 }
 
-/* Describe entry number index, for co, in the current output, giving it a
-   trampoline with the room the backend needs first.  name may have run
+static void
+release_names(code_names *names)
+{
+    Py_CLEAR(names->name);
+    Py_CLEAR(names->filename);
+}
+
+/* Describe entry number index in the current output, giving it a
+   trampoline with the room the backend needs first.  Naming may have run
    Python code (a collection while allocating): index, not a pointer. */
 static int
-describe(size_t index, PyCodeObject *co, const char *name)
+describe(size_t index, const code_names *names)
 {
     const _PyPerf_Backend *backend = perf_state.backend;
     size_t slot = slot_size_for(backend);
@@ -691,16 +687,21 @@ describe(size_t index, PyCodeObject *co, const char *name)
         entry->slot_size = (uint16_t)slot;
         first_name = 1;
     }
-    if (backend->emit((void *)entry->trampoline, described_size(), name,
-                      co) < 0)
-    {
+    _PyPerf_Description what = {
+        .code = (const void *)entry->trampoline,
+        .size = described_size(),
+        .name = PyBytes_AS_STRING(names->name),
+        .filename = PyBytes_AS_STRING(names->filename),
+        .lineno = names->lineno,
+    };
+    if (backend->emit(&what) < 0) {
         return -1;
     }
     if (first_name && perf_state.gdb_enabled) {
         /* Tell gdb too.  Its description outlives epochs, backends and
            activations. */
-        entries.gdb[index] = _PyPerfGdb_AddTrampoline(
-            (void *)entry->trampoline, described_size(), name);
+        entries.gdb[index] = _PyPerfGdb_AddTrampoline(what.code, what.size,
+                                                      what.name);
     }
     entry->epoch = perf_state.epoch;
     return 0;
@@ -711,7 +712,8 @@ describe(size_t index, PyCodeObject *co, const char *name)
 
 /* The same hook at another address: Python/ceval.c then takes the generic
    road for Python-to-Python calls (vectorcall, no specialisation), as for
-   any other hook.  Only for measuring what the fast road saves. */
+   any other hook.  Only for measuring what the fast road saves
+   (_PyPerfTrampoline_SetGenericCalls()). */
 static PyObject *
 eval_frame_generic_calls(PyThreadState *tstate, _PyInterpreterFrame *frame,
                          int throwflag)
@@ -722,11 +724,8 @@ eval_frame_generic_calls(PyThreadState *tstate, _PyInterpreterFrame *frame,
 static _PyFrameEvalFunction
 hook_to_install(void)
 {
-    const char *generic = getenv("_PYTHON_PERF_GENERIC_CALLS");
-    if (generic != NULL && strcmp(generic, "1") == 0) {
-        return eval_frame_generic_calls;
-    }
-    return _PyPerfTrampoline_EvalFrame;
+    return perf_state.generic_calls ? eval_frame_generic_calls
+                                    : _PyPerfTrampoline_EvalFrame;
 }
 
 static int
@@ -804,38 +803,44 @@ open_output(const _PyPerf_Backend *backend)
     return 0;
 }
 
-typedef enum {
-    ACTIVATE_OK,
-    ACTIVATE_OTHER_HOOK,        // another frame evaluation function is set
-    ACTIVATE_BACKEND_IN_USE,    // another interpreter uses another backend
-    ACTIVATE_FAILED,            // see _PyPerf_GetError()
-} activate_result;
-
-static activate_result
-activate(PyInterpreterState *interp, const _PyPerf_Backend *backend)
+_PyPerf_ActivateResult
+_PyPerfTrampoline_Activate(PyInterpreterState *interp,
+                           const _PyPerf_Backend *backend)
 {
     _PyFrameEvalFunction current =
         _PyInterpreterState_GetEvalFrameFunc(interp);
     if (current != _PyEval_EvalFrameDefault && !is_our_hook(current)) {
-        return ACTIVATE_OTHER_HOOK;
+        return _PyPerf_OTHER_HOOK;
     }
     interp_record *record = add_interp(interp);
     if (record == NULL) {
-        return ACTIVATE_FAILED;
+        return _PyPerf_ACTIVATE_FAILED;
     }
     if (perf_state.backend != NULL && perf_state.backend != backend) {
         for (interp_record *r = perf_state.interps; r != NULL; r = r->next) {
             if (r->active && r->interp != interp) {
-                return ACTIVATE_BACKEND_IN_USE;
+                return _PyPerf_BACKEND_IN_USE;
             }
         }
     }
     if (open_output(backend) < 0) {
-        return ACTIVATE_FAILED;     // nothing changed
+        return _PyPerf_ACTIVATE_FAILED;     // nothing changed
     }
     _PyInterpreterState_SetEvalFrameFunc(interp, hook_to_install());
     record->active = 1;
-    return ACTIVATE_OK;
+    /* A new start: a later failure deserves a warning of its own. */
+    perf_state.warned = 0;
+    return _PyPerf_ACTIVATED;
+}
+
+void
+_PyPerfTrampoline_SetGenericCalls(int enabled)
+{
+    perf_state.generic_calls = enabled != 0;
+    PyInterpreterState *interp = _PyInterpreterState_GET();
+    if (hook_is_ours(interp)) {
+        _PyInterpreterState_SetEvalFrameFunc(interp, hook_to_install());
+    }
 }
 
 /* Say why, once, on stderr, keeping the exception that may be set. */
@@ -909,14 +914,14 @@ prepare(PyThreadState *tstate, interp_record *record, PyCodeObject *co)
             goto done;
         }
     }
-    PyObject *name = trampoline_name(co);
-    if (name == NULL) {
+    code_names names;
+    if (name_code(co, &names) < 0) {
         goto done;
     }
-    if (describe((size_t)index, co, PyBytes_AS_STRING(name)) == 0) {
+    if (describe((size_t)index, &names) == 0) {
         result = &entries.items[index];
     }
-    Py_DECREF(name);
+    release_names(&names);
 done:
     _PyErr_Restore(tstate, type, value, tb);
     return result;
@@ -1045,208 +1050,30 @@ _PyPerf_MeasureStack(uintptr_t sp)
 }
 
 
-/* ---- Backends by name --------------------------------------------------- */
+/* ---- Used by Python/perf_config.c -------------------------------------- */
 
-static const _PyPerf_Backend *
-find_backend(const char *name)
+int
+_PyPerfTrampoline_AddInterpreter(PyInterpreterState *interp)
 {
-    if (strcmp(name, _PyPerf_MapBackend.name) == 0) {
-        return &_PyPerf_MapBackend;
-    }
-    if (strcmp(name, _PyPerf_JitdumpBackend.name) == 0) {
-        return &_PyPerf_JitdumpBackend;
-    }
-    return NULL;
-}
-
-
-/* ---- Start-up: -X perf, -X perf_jit and the environment ----------------- */
-
-/* Parse a switch value: "" (as in "-X perf=") and "1" mean on, "0" off,
-   other integers are on if non-zero (as for other PYTHON* variables).
-   Return -1 for anything else. */
-static int
-parse_switch(const char *value)
-{
-    if (value[0] == '\0') {
-        return 1;
-    }
-    char *end;
-    errno = 0;
-    long n = strtol(value, &end, 10);
-    if (errno != 0 || *end != '\0') {
-        return -1;
-    }
-    return n != 0;
-}
-
-/* -X perf, -X perf=VALUE, -X perf_jit, -X perf_jit=VALUE: the last one on
-   the command line wins.  Return the chosen backend name, "" to disable,
-   or NULL if the command line says nothing. */
-static const char *
-backend_from_xoptions(const PyConfig *config)
-{
-    const char *chosen = NULL;
-    for (Py_ssize_t i = 0; i < config->xoptions.length; i++) {
-        const wchar_t *opt = config->xoptions.items[i];
-        const char *name;
-        size_t len;
-        if (wcsncmp(opt, L"perf_jit", 8) == 0) {
-            name = "perf_jit";
-            len = 8;
-        }
-        else if (wcsncmp(opt, L"perf", 4) == 0) {
-            name = "perf";
-            len = 4;
-        }
-        else {
-            continue;
-        }
-        if (opt[len] == L'\0') {
-            chosen = name;
-            continue;
-        }
-        if (opt[len] != L'=') {
-            continue;           // another option, e.g. -X perfx
-        }
-        char value[32];
-        size_t n = wcstombs(value, opt + len + 1, sizeof(value));
-        if (n >= sizeof(value)) {
-            strcpy(value, "...");
-        }
-        int on = parse_switch(value);
-        if (on < 0) {
-            PySys_WriteStderr("Python: warning: -X %s=%s: invalid value, "
-                              "expected 0 or 1; ignored\n", name, value);
-            continue;
-        }
-        chosen = on ? name : "";
-    }
-    return chosen;
-}
-
-/* The switch in environment variable name: 1 on, 0 off, -1 if unset,
-   empty or invalid (with a warning). */
-static int
-switch_from_environment(const char *name)
-{
-    const char *value = getenv(name);
-    if (value == NULL || value[0] == '\0') {
-        return -1;
-    }
-    int on = parse_switch(value);
-    if (on < 0) {
-        PySys_FormatStderr("Python: warning: %s=%.50s: invalid value, "
-                           "expected 0 or 1; ignored\n", name, value);
-    }
-    return on;
-}
-
-/* PYTHONPERFSUPPORT and PYTHON_PERF_JIT_SUPPORT; the jitdump wins when both
-   are on. */
-static const char *
-backend_from_environment(const PyConfig *config)
-{
-    static const struct {
-        const char *variable;
-        const char *backend;
-    } variables[] = {
-        {"PYTHON_PERF_JIT_SUPPORT", "perf_jit"},
-        {"PYTHONPERFSUPPORT", "perf"},
-    };
-    if (!config->use_environment) {
-        return NULL;
-    }
-    for (size_t i = 0; i < Py_ARRAY_LENGTH(variables); i++) {
-        if (switch_from_environment(variables[i].variable) == 1) {
-            return variables[i].backend;
-        }
-    }
-    return NULL;
+    return add_interp(interp) == NULL ? -1 : 0;
 }
 
 void
-_PyPerfTrampoline_InitFromConfig(PyThreadState *tstate)
+_PyPerfTrampoline_Deactivate(PyInterpreterState *interp)
 {
-    /* Every interpreter takes its co_extra index now, before any other
-       user can: see "Memory". */
-    if (add_interp(tstate->interp) == NULL) {
-        PySys_WriteStderr("Python: warning: perf profiler support is "
-                          "unavailable: %.400s\n", _PyPerf_GetError());
-        return;
-    }
-    if (!_Py_IsMainInterpreter(tstate->interp)) {
-        return;
-    }
-    const PyConfig *config = _PyInterpreterState_GetConfig(tstate->interp);
-    if (config->use_environment
-        && switch_from_environment("PYTHON_PERF_GDB") == 0)
-    {
-        perf_state.gdb_enabled = 0;
-    }
-    const char *name = backend_from_xoptions(config);
-    if (name == NULL) {
-        name = backend_from_environment(config);
-    }
-    if (name == NULL || name[0] == '\0') {
-        return;
-    }
-    const char *reason = NULL;
-    switch (activate(tstate->interp, find_backend(name))) {
-    case ACTIVATE_OK:
-        return;
-    case ACTIVATE_OTHER_HOOK:
-        reason = "another frame evaluation function is installed";
-        break;
-    case ACTIVATE_BACKEND_IN_USE:
-    case ACTIVATE_FAILED:
-        reason = _PyPerf_GetError();
-        break;
-    }
-    PySys_WriteStderr("Python: warning: perf profiler support (%s) is "
-                      "off: %.400s\n", name, reason);
+    remove_hook(interp);
 }
 
-
-/* ---- sys functions ------------------------------------------------------ */
-
-PyObject *
-_PyPerfTrampoline_SysActivate(const char *name)
+const _PyPerf_Backend *
+_PyPerfTrampoline_OpenBackend(void)
 {
-    const _PyPerf_Backend *backend = find_backend(name);
-    if (backend == NULL) {
-        PyErr_Format(PyExc_ValueError, "invalid backend: %s", name);
-        return NULL;
-    }
-    PyInterpreterState *interp = _PyInterpreterState_GET();
-    switch (activate(interp, backend)) {
-    case ACTIVATE_OK:
-        /* A new start: a later failure deserves a warning of its own. */
-        perf_state.warned = 0;
-        Py_RETURN_NONE;
-    case ACTIVATE_OTHER_HOOK:
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot activate the perf trampoline: another frame "
-                        "evaluation function is installed");
-        return NULL;
-    case ACTIVATE_BACKEND_IN_USE:
-        PyErr_Format(PyExc_RuntimeError,
-                     "cannot activate the %s backend: another interpreter is "
-                     "using the %s backend", name, perf_state.backend->name);
-        return NULL;
-    case ACTIVATE_FAILED:
-        break;
-    }
-    PyErr_Format(PyExc_RuntimeError, "cannot activate the %s backend: %s",
-                 name, _PyPerf_GetError());
-    return NULL;
+    return perf_state.backend;
 }
 
-PyObject *
-_PyPerfTrampoline_SysDeactivate(void)
+void
+_PyPerfTrampoline_SetGdbEnabled(int enabled)
 {
-    remove_hook(_PyInterpreterState_GET());
-    Py_RETURN_NONE;
+    perf_state.gdb_enabled = enabled;
 }
 
 int
@@ -1284,8 +1111,9 @@ _PyPerfTrampoline_Fini(PyInterpreterState *interp)
 void
 _PyPerfTrampoline_BeforeFork(void)
 {
-    _PyPerfMap_BeforeFork();
-    _PyJitdump_BeforeFork();
+    for (const _PyPerf_Backend *const *b = _PyPerf_Backends; *b; b++) {
+        (*b)->before_fork();
+    }
     _PyPerfGdb_BeforeFork();
 }
 
@@ -1293,21 +1121,32 @@ void
 _PyPerfTrampoline_AfterForkParent(void)
 {
     _PyPerfGdb_AfterForkParent();
-    _PyJitdump_AfterForkParent();
-    _PyPerfMap_AfterForkParent();
+    size_t n = 0;
+    while (_PyPerf_Backends[n] != NULL) {
+        n++;
+    }
+    while (n > 0) {
+        _PyPerf_Backends[--n]->after_fork_parent();
+    }
 }
 
 void
 _PyPerfTrampoline_AfterForkChild(void)
 {
     PyThreadState *tstate = _PyThreadState_GET();
-    /* Whatever is active: the map may hold C code's lines too. */
-    int map_copied = _PyPerfMap_AfterForkChild(perf_state.persist_after_fork);
-    if (map_copied < 0 && tstate != NULL) {
-        warn_once(tstate, "cannot copy the parent's perf map");
+    /* Every backend lets the parent's output go, active or not: the map
+       may hold C code's lines, and a persistent copy is made whatever is
+       active. */
+    int kept = 0;
+    for (const _PyPerf_Backend *const *b = _PyPerf_Backends; *b; b++) {
+        int res = (*b)->after_fork_child(perf_state.persist_after_fork);
+        if (res < 0 && tstate != NULL) {
+            warn_once(tstate, "cannot copy the parent's output");
+        }
+        if (*b == perf_state.backend) {
+            kept = (res == 1);
+        }
     }
-    /* The parent's dump is not the child's, active or not. */
-    _PyJitdump_AfterForkChild();
     _PyPerfGdb_AfterForkChild();
     /* Only the thread that forked survives, in the main interpreter. */
     if (tstate == NULL || perf_state.backend == NULL) {
@@ -1325,9 +1164,9 @@ _PyPerfTrampoline_AfterForkChild(void)
         close_output();
         return;
     }
-    /* The backend lets the parent's output go; the child's starts when it
-       first describes code, so a child that calls exec() leaves none. */
-    if (!perf_state.backend->after_fork_child(map_copied == 1)) {
+    /* The child's output starts when it first describes code, so a child
+       that calls exec() leaves none. */
+    if (!kept) {
         /* The child's output starts empty: describe each trampoline again,
            at the same address, when its code next runs. */
         advance_epoch();
@@ -1389,43 +1228,6 @@ PyUnstable_PerfTrampoline_SetPersistAfterFork(int enable)
 
 /* Platforms without the assembly template: the API exists and says so. */
 
-void
-_PyPerfTrampoline_InitFromConfig(PyThreadState *tstate)
-{
-    if (!_Py_IsMainInterpreter(tstate->interp)) {
-        return;
-    }
-    const PyConfig *config = _PyInterpreterState_GetConfig(tstate->interp);
-    int asked = 0;
-    for (Py_ssize_t i = 0; i < config->xoptions.length; i++) {
-        if (wcsncmp(config->xoptions.items[i], L"perf", 4) == 0) {
-            asked = 1;
-        }
-    }
-    if (asked) {
-        PySys_WriteStderr("Python: warning: perf profiler support is not "
-                          "available on this platform\n");
-    }
-}
-
-PyObject *
-_PyPerfTrampoline_SysActivate(const char *name)
-{
-    if (strcmp(name, "perf") != 0 && strcmp(name, "perf_jit") != 0) {
-        PyErr_Format(PyExc_ValueError, "invalid backend: %s", name);
-        return NULL;
-    }
-    PyErr_SetString(PyExc_ValueError,
-                    "perf trampolines are not available on this platform");
-    return NULL;
-}
-
-PyObject *
-_PyPerfTrampoline_SysDeactivate(void)
-{
-    Py_RETURN_NONE;
-}
-
 int
 _PyPerfTrampoline_IsActive(PyInterpreterState *interp)
 {
@@ -1470,6 +1272,11 @@ _PyPerfTrampoline_AfterForkChildHooks(void)
 
 void
 _PyPerfTrampoline_ChildWillExec(void)
+{
+}
+
+void
+_PyPerfTrampoline_SetGenericCalls(int enabled)
 {
 }
 

@@ -1,11 +1,17 @@
 /* Internal interface of the perf profiler support (Python/perf_*.c).
  *
- * Python/perf_trampoline.c owns the trampolines and the frame evaluation
- * hook; it hands each new trampoline to the active backend, which decides
- * what to tell the profiler (Python/perf_map.c: /tmp/perf-PID.map,
- * Python/perf_jit_trampoline.c: /tmp/jit-PID.dump).  Python/perf_outfile.c
- * opens and writes their files in /tmp safely.  Whatever the backend,
- * Python/perf_gdb_jit.c describes the trampolines to gdb.
+ * Dependencies run one way: configuration -> core -> backends -> writers.
+ * Python/perf_config.c reads -X, the environment and the sys functions and
+ * asks the core to activate a backend.  Python/perf_trampoline.c (the
+ * core) owns the trampolines and the frame evaluation hook; it hands each
+ * new trampoline to the active backend, one of the list in
+ * Python/perf_backends.c, which decides what to tell the profiler
+ * (Python/perf_map.c: /tmp/perf-PID.map, Python/perf_jit_trampoline.c:
+ * /tmp/jit-PID.dump written by Python/perf_jitdump.c).
+ * Python/perf_outfile.c opens and writes their files in /tmp safely.
+ * Whatever the backend, Python/perf_gdb_jit.c describes the trampolines to
+ * gdb.  Python/perf_unwind.c knows the template's layout and builds the
+ * DWARF unwind tables that the jitdump and gdb need.
  */
 #ifndef Py_INTERNAL_PERF_TRAMPOLINE_H
 #define Py_INTERNAL_PERF_TRAMPOLINE_H
@@ -27,31 +33,52 @@ extern "C" {
 
 /* ---- A backend: what to tell the profiler about each trampoline ---- */
 
+/* What the core knows of a trampoline when it names it. */
 typedef struct {
-    /* The name given to sys.activate_stack_trampoline(). */
+    const void *code;           // the trampoline
+    size_t size;                // bytes described: its code and identity
+    const char *name;           // "py::qualname:filename" (UTF-8)
+    const char *filename;       // the code object's file name (UTF-8)
+    int lineno;                 // its first line
+} _PyPerf_Description;
+
+typedef struct {
+    /* The name given to sys.activate_stack_trampoline() and -X. */
     const char *name;
+    /* The environment variable that turns it on at start-up. */
+    const char *env_variable;
     /* Bytes that must stay free after each described trampoline of
        code_size bytes (the jitdump maps its unwind information there). */
     size_t (*reserved_after)(size_t code_size);
     /* Prepare the output of this process.  Return 0, or -1 after
        _PyPerf_SetError(). */
     int (*open)(void);
-    /* Describe one trampoline: its code, its size in bytes, its
-       "py::qualname:filename" name and the code object it stands for.
-       Called with the GIL held.  Return 0, or -1 after _PyPerf_SetError(). */
-    int (*emit)(const void *code, size_t size, const char *name,
-                PyCodeObject *co);
+    /* Describe one trampoline.  Called with the GIL held.  Return 0, or -1
+       after _PyPerf_SetError(). */
+    int (*emit)(const _PyPerf_Description *what);
     /* Close the output (the files stay for perf to read). */
     void (*close)(void);
-    /* In a child after fork(): let the parent's output go; the child's own
-       starts at its first emit.  map_copied: the child's perf map is a copy
-       of the parent's.  Return 1 if the child's output describes the
-       parent's trampolines already, 0 if they must be described again. */
-    int (*after_fork_child)(int map_copied);
+    /* Hold the output's lock across fork(), in the parent. */
+    void (*before_fork)(void);
+    void (*after_fork_parent)(void);
+    /* In every forked child, whether the backend is active or not: let the
+       parent's output go without touching it; the child's own starts at
+       its first emit.  persist: the child starts its output with a copy of
+       the parent's, if the backend can.  Return 1 if the child's output
+       describes the parent's trampolines already, 0 if they must be
+       described again, -1 after _PyPerf_SetError(). */
+    int (*after_fork_child)(int persist);
 } _PyPerf_Backend;
 
-extern const _PyPerf_Backend _PyPerf_MapBackend;       // "perf"
-extern const _PyPerf_Backend _PyPerf_JitdumpBackend;   // "perf_jit"
+/* Every backend, NULL-terminated, in the order in which their environment
+   variables are read at start-up (the first one set wins); the list is in
+   Python/perf_backends.c, the backends in Python/perf_map.c ("perf") and
+   Python/perf_jit_trampoline.c ("perf_jit"). */
+extern const _PyPerf_Backend *const _PyPerf_Backends[];
+extern const _PyPerf_Backend _PyPerf_MapBackend;
+extern const _PyPerf_Backend _PyPerf_JitdumpBackend;
+/* The backend of that name, or NULL. */
+extern const _PyPerf_Backend * _PyPerf_FindBackend(const char *name);
 
 
 /* ---- Errors: one message, reported once by the caller ---- */
@@ -160,17 +187,45 @@ extern void _PyJitdump_AfterForkParent(void);
 extern void _PyJitdump_AfterForkChild(void);
 
 
-/* ---- The trampolines (Python/perf_trampoline.c) ---- */
+/* ---- Start-up and the sys functions (Python/perf_config.c) ---- */
 
-/* Read -X perf, -X perf_jit, PYTHONPERFSUPPORT and PYTHON_PERF_JIT_SUPPORT
-   and activate the chosen backend in the main interpreter.  Never fails:
-   problems are reported on stderr and profiling stays off. */
+/* Reserve interp's co_extra index; for the main interpreter, read -X perf,
+   -X perf_jit, the backends' environment variables and PYTHON_PERF_GDB, and
+   activate the chosen backend.  Never fails: problems are reported on
+   stderr and profiling stays off. */
 extern void _PyPerfTrampoline_InitFromConfig(PyThreadState *tstate);
-/* The implementations of sys.activate_stack_trampoline(),
-   sys.deactivate_stack_trampoline() and sys.is_stack_trampoline_active(). */
+/* The implementations of sys.activate_stack_trampoline() and
+   sys.deactivate_stack_trampoline(). */
 extern PyObject * _PyPerfTrampoline_SysActivate(const char *backend);
 extern PyObject * _PyPerfTrampoline_SysDeactivate(void);
+
+
+/* ---- The trampolines (Python/perf_trampoline.c) ---- */
+
+/* Reserve interp's co_extra index (see "Memory" in perf_trampoline.c).
+   Return 0, or -1 after _PyPerf_SetError(). */
+extern int _PyPerfTrampoline_AddInterpreter(PyInterpreterState *interp);
+typedef enum {
+    _PyPerf_ACTIVATED,
+    _PyPerf_OTHER_HOOK,         // another frame evaluation function is set
+    _PyPerf_BACKEND_IN_USE,     // another interpreter uses another backend
+    _PyPerf_ACTIVATE_FAILED,    // see _PyPerf_GetError()
+} _PyPerf_ActivateResult;
+/* Install the hook in interp, with backend's output open. */
+extern _PyPerf_ActivateResult _PyPerfTrampoline_Activate(
+    PyInterpreterState *interp, const _PyPerf_Backend *backend);
+/* Remove the hook from interp (the output stays open for the others). */
+extern void _PyPerfTrampoline_Deactivate(PyInterpreterState *interp);
+/* The backend whose output is open, or NULL. */
+extern const _PyPerf_Backend * _PyPerfTrampoline_OpenBackend(void);
+/* Describe trampolines to gdb too (the default) or not. */
+extern void _PyPerfTrampoline_SetGdbEnabled(int enabled);
+/* sys.is_stack_trampoline_active(). */
 extern int _PyPerfTrampoline_IsActive(PyInterpreterState *interp);
+/* For Tools/bench (through _testinternalcapi): install the hook under
+   another name, which Python/ceval.c treats like any other PEP 523 hook
+   (the generic road for calls), to measure what the fast road saves. */
+PyAPI_FUNC(void) _PyPerfTrampoline_SetGenericCalls(int enabled);
 /* The frame evaluation hook.  Python/ceval.c recognises it: with it, and no
    other hook, Python-to-Python calls stay specialised and push the callee's
    frame themselves before calling it. */
@@ -244,10 +299,13 @@ typedef PyObject *(*_PyPerf_TrampolineFunc)(
     PyThreadState *tstate, struct _PyInterpreterFrame *frame,
     int throwflag, _PyFrameEvalFunction evaluator);
 
-/* Offsets in bytes from the start of a trampoline to the ends of the
-   instructions that push the frame, set the frame pointer and pop the
+/* ---- The template and its unwind information (Python/perf_unwind.c) ---- */
+
+/* The template's first byte; offsets in bytes from there to the ends of
+   the instructions that push the frame, set the frame pointer and pop the
    frame, and its size (from the labels of Python/asm_trampoline.S). */
 typedef struct {
+    const char *start;
     size_t frame_pushed;
     size_t frame_set;
     size_t frame_popped;
@@ -256,8 +314,6 @@ typedef struct {
 
 extern const _PyPerf_TrampolineLayout * _PyPerf_GetTrampolineLayout(void);
 
-
-/* ---- Unwind information (Python/perf_jit_trampoline.c) ---- */
 
 /* How the FDE written by _PyPerf_BuildEhFrame() encodes its code pointers:
    4 bytes relative to the field itself (DW_EH_PE_pcrel | DW_EH_PE_sdata4),
@@ -277,6 +333,18 @@ typedef struct {
    in with the given encoding.  Return 0, or -1 if capacity is too small. */
 extern int _PyPerf_BuildEhFrame(uint8_t *buffer, size_t capacity,
                                 int encoding, _PyPerf_EhFrame *result);
+
+/* .eh_frame and .eh_frame_hdr for a trampoline of code_size bytes, as
+   `perf inject --jit` lays them out: right after the code. */
+#define _PyPerf_INJECT_UNWIND_CAPACITY 160
+typedef struct {
+    uint8_t bytes[_PyPerf_INJECT_UNWIND_CAPACITY];
+    size_t size;                // both sections
+    size_t eh_frame_hdr_size;   // the .eh_frame_hdr part
+} _PyPerf_InjectUnwind;
+
+extern void _PyPerf_BuildInjectUnwind(_PyPerf_InjectUnwind *info,
+                                      size_t code_size);
 
 
 /* ---- gdb's JIT interface (Python/perf_gdb_jit.c) ---- */

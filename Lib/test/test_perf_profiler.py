@@ -1172,6 +1172,9 @@ def specialised_calls():
     return sorted(op for op in ops if op.startswith("CALL_PY"))
 
 run()                                   # the call sites specialise
+if "generic" in sys.argv:
+    import _testinternalcapi
+    _testinternalcapi.set_perf_trampoline_generic_calls(True)
 sys.activate_stack_trampoline("perf")
 print(run(), specialised_calls())
 """
@@ -1197,9 +1200,7 @@ class TestFastCalls(PerfTestCase):
         # The same hook under another name takes the generic road, as any
         # PEP 523 hook does in stock 3.11: the call sites deoptimise.
         script = self.make_script(FAST_CALLS_SCRIPT)
-        res = self.run_ok(script,
-                          env={"_PYTHON_PERF_GENERIC_CALLS": "1"},
-                          isolated=False)
+        res = self.run_ok(script, "generic")
         self.assertEqual(res.out.decode(), "90300 []\n")
         pmap = self.read_map(res.pid)
         self.assertNamedOnce(pmap, "exact", "with_defaults", "run",
@@ -1419,6 +1420,25 @@ def perf_stacks(text, pid):
     return stacks
 
 
+# Unwinding may lose an odd sample, not most of them: of the samples in a
+# function, more than this share must show the whole chain of its callers.
+MIN_COMPLETE_SHARE = 0.5
+
+
+def count_chains(stacks, filename, qualnames):
+    """Count the stacks (see perf_stacks()) that hold the function
+    qualnames[0] of filename, and among them those that also hold each of
+    qualnames[1:] above it, in that order.  Return (with_first, complete)."""
+    names = [f"py::{q}:{filename}" for q in qualnames]
+    with_first = [s for s in stacks if names[0] in s]
+    complete = 0
+    for stack in with_first:
+        positions = [stack.index(n) if n in stack else -1 for n in names]
+        if -1 not in positions and positions == sorted(positions):
+            complete += 1
+    return len(with_first), complete
+
+
 # perf record -g follows frame pointers: it can only walk an interpreter that
 # keeps them.
 HAS_FRAME_POINTERS = "-fno-omit-frame-pointer" in (
@@ -1471,19 +1491,12 @@ class RealPerfTestCase(PerfTestCase):
                             callers=("bar", "baz", "<module>")):
         stacks = perf_stacks(text, pid)
         self.assertGreater(len(stacks), 50, "too few samples")
-        names = [f"py::{q}:{script}" for q in ("foo", *callers)]
-        with_foo = [s for s in stacks if names[0] in s]
-        self.assertGreater(len(with_foo), 20,
+        with_foo, complete = count_chains(stacks, script, ("foo", *callers))
+        self.assertGreater(with_foo, 20,
                            f"py::foo in few of {len(stacks)} samples:\n"
                            f"{text[:3000]}")
-        complete = 0
-        for stack in with_foo:
-            positions = [stack.index(n) if n in stack else -1 for n in names]
-            if -1 not in positions and positions == sorted(positions):
-                complete += 1
-        # Unwinding may lose an odd sample, not most of them.
-        self.assertGreater(complete, len(with_foo) // 2,
-                           f"{complete} of {len(with_foo)} stacks show "
+        self.assertGreater(complete, with_foo * MIN_COMPLETE_SHARE,
+                           f"{complete} of {with_foo} stacks show "
                            f"<module> > baz > bar > foo")
 
 

@@ -10,7 +10,7 @@ Five configurations run every benchmark:
     stock     the stock interpreter
     off       the patched interpreter, profiling off
     perf      patched, -X perf (trampolines, /tmp/perf-PID.map)
-    generic   patched, -X perf with _PYTHON_PERF_GENERIC_CALLS=1: the same
+    generic   patched, -X perf with BENCH_GENERIC_CALLS=1 (_harness.py): the same
               hook installed the way any PEP 523 hook is, so Python-to-Python
               calls go through vectorcall (the "generic road" design)
     jit       patched, -X perf_jit (/tmp/jit-PID.dump)
@@ -90,7 +90,7 @@ CONFIG_DOC = {
     "stock": "stock 3.11.2",
     "off": "patched, profiling off",
     "perf": "patched, -X perf",
-    "generic": "patched, -X perf, _PYTHON_PERF_GENERIC_CALLS=1",
+    "generic": "patched, -X perf, BENCH_GENERIC_CALLS=1 (_harness.py)",
     "jit": "patched, -X perf_jit",
 }
 
@@ -521,7 +521,7 @@ def main():
     interps["off"] = Interpreter("off", opts.patched, [], {})
     interps["perf"] = Interpreter("perf", opts.patched, ["-X", "perf"], {})
     interps["generic"] = Interpreter("generic", opts.patched, ["-X", "perf"],
-                                     {"_PYTHON_PERF_GENERIC_CALLS": "1"})
+                                     {"BENCH_GENERIC_CALLS": "1"})
     interps["jit"] = Interpreter("jit", opts.patched, ["-X", "perf_jit"], {})
     for i in interps.values():
         if not os.access(i.executable, os.X_OK):

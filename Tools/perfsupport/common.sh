@@ -72,11 +72,28 @@ list_new_files() {
     )
 }
 
-# Names from patches/series, in order, without comments and blank lines.
+# series_names [all|hand|generated]
+# The one parser of patches/series: the patch names, in order, without
+# comments and blank lines.  "hand" keeps only the hand-written patches,
+# "generated" only those that "make regen" writes (their name contains
+# "regen"); "all", the default, keeps both.
 series_names() {
+    case "${1:-all}" in
+        all|hand|generated) ;;
+        *) die "series_names: '$1' is not all, hand or generated" ;;
+    esac
     [ -f "$PS_PATCHES/series" ] || return 0
     sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' \
-        "$PS_PATCHES/series" | grep -v '^$' || true
+        "$PS_PATCHES/series" | while IFS= read -r _s || [ -n "$_s" ]; do
+        case "$_s" in
+            '') continue ;;
+            *regen*) _kind=generated ;;
+            *) _kind=hand ;;
+        esac
+        case "${1:-all}" in
+            all|"$_kind") printf '%s\n' "$_s" ;;
+        esac
+    done
 }
 
 # Does the patch file contain at least one hunk?  (Generated patches are
@@ -141,19 +158,17 @@ show_rejects() {
 }
 
 # apply_series TREE [nonregen]
-# Apply patches/series in order; with "nonregen", skip the generated patches
-# (those whose name contains "regen").
+# Apply patches/series in order; with "nonregen", only the hand-written
+# patches (series_names hand).
 apply_series() {
-    _n=0
-    for _s in $(series_names); do
-        case "$_s" in
-            *regen*) [ "${2:-}" = nonregen ] && continue ;;
-        esac
+    _n=0 _which=all
+    if [ "${2:-}" = nonregen ]; then _which=hand; fi
+    for _s in $(series_names $_which); do
         apply_patch "$1" "$PS_PATCHES/$_s"
         _n=$((_n + 1))
     done
     [ "$_n" -gt 0 ] || say "patches/series lists no patches (nothing to apply)"
-    unset _n _s
+    unset _n _s _which
 }
 
 # lay_in TREE [quiet]: copy new files into TREE, only those whose content

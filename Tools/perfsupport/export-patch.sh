@@ -1,5 +1,5 @@
 #!/bin/sh
-# Export the whole backport as one patch and check that it works on its own.
+# Export the whole patch set as one patch and check that it works on its own.
 #
 #   export-patch.sh           write build/perf-support-3.11.patch: a -p1
 #                             unified diff from the pristine tree to the
@@ -46,8 +46,8 @@ nfiles=$(printf '%s\n' "$files" | grep -c . || true)
 nnew=$(grep -c '^--- a/[^	]*	1970-01-01' "$X/body.clean" || true)
 ver=$(readlink "$PS_PRISTINE")
 {
-    echo "perf-support-3.11.patch: CPython 3.12's perf support (-X perf, perf map"
-    echo "trampolines, jitdump) backported to CPython 3.11."
+    echo "perf-support-3.11.patch: perf profiler support for CPython 3.11 (-X perf,"
+    echo "-X perf_jit and the sys stack-trampoline functions of newer releases)."
     echo
     echo "Made by Tools/perfsupport/export-patch.sh from $ver + the new files +"
     echo "patches/series ($(series_names | tr '\n' ' ' | sed 's/ $//'))."

@@ -11,7 +11,7 @@ set -eu
 PYVER="${PYVER:-3.11.2-6+deb12u8}"
 SOURCES=/etc/apt/sources.list.d/debian.sources
 BACKPORTS=/etc/apt/sources.list.d/perfsupport-backports.sources
-PACKAGES="ccache gdb autoconf2.69 abigail-tools dpkg-dev xz-utils patch valgrind python3"
+PACKAGES="ccache gdb autoconf2.69 abigail-tools dpkg-dev xz-utils patch rsync valgrind python3"
 
 say() { printf '[deps] %s\n' "$*"; }
 

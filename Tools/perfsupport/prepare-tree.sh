@@ -7,11 +7,12 @@
 #   prepare-tree.sh patched    re-create the working tree build/src/cpython from
 #                              pristine: lay in the new files, apply
 #                              patches/series in order.  The new tree is built
-#                              beside the old one and then synced into it, so
-#                              files whose content did not change keep their
-#                              mtime and the out-of-tree builds only recompile
-#                              what really changed (also when a patch is
-#                              dropped and a file goes back to pristine).
+#                              beside the old one and then synced into it
+#                              (rsync --checksum, without -t), so files whose
+#                              content did not change keep their mtime and
+#                              the out-of-tree builds only recompile what
+#                              really changed (also when a patch is dropped
+#                              and a file goes back to pristine).
 #   prepare-tree.sh lay-in     re-copy only the new files whose content changed
 #
 # The Makefile calls these with stamps so that each step runs only when its
@@ -38,6 +39,8 @@ pristine)
 
 patched)
     [ -d "$PS_PRISTINE/" ] || die "no pristine tree: run 'make fetch source'"
+    [ ! -d "$PS_SRC" ] || command -v rsync >/dev/null 2>&1 \
+        || die "rsync is not installed (it syncs the working tree): run 'make deps'"
     srcparent=$(dirname "$PS_SRC")
     mkdir -p "$srcparent"
     stage=$srcparent/.staging
@@ -57,42 +60,21 @@ patched)
         mv "$stage" "$PS_SRC"
         say "working tree: build/src/$(basename "$PS_SRC") (new)"
     else
-        # Sync $stage into $PS_SRC: copy differing/new files (mtime = now),
-        # delete files that are gone; leave identical files alone.  Python
-        # bytecode caches written by the build are not part of the source.
-        changed=0 removed=0
-        out=$(LC_ALL=C diff -rq -x __pycache__ "$stage" "$PS_SRC" 2>&1) || true
-        tmp=$(mktemp)
-        printf '%s\n' "$out" > "$tmp"
-        while IFS= read -r line; do
-            [ -n "$line" ] || continue
-            case "$line" in
-                "Files $stage/"*" differ")
-                    rel=$(printf '%s\n' "$line" | sed -n "s|^Files $stage/\(.*\) and $PS_SRC/\1 differ\$|\1|p")
-                    [ -n "$rel" ] || die "cannot parse: $line"
-                    cp "$stage/$rel" "$PS_SRC/$rel"
-                    changed=$((changed + 1)) ;;
-                "Only in $stage"*)
-                    rel=$(printf '%s\n' "$line" | sed -n "s|^Only in $stage\(/.*\)\{0,1\}: \(.*\)\$|\1/\2|p" | sed 's|^/||')
-                    [ -n "$rel" ] || die "cannot parse: $line"
-                    mkdir -p "$(dirname "$PS_SRC/$rel")"
-                    cp -R "$stage/$rel" "$PS_SRC/$rel"
-                    touch "$PS_SRC/$rel"
-                    changed=$((changed + 1)) ;;
-                "Only in $PS_SRC"*)
-                    rel=$(printf '%s\n' "$line" | sed -n "s|^Only in $PS_SRC\(/.*\)\{0,1\}: \(.*\)\$|\1/\2|p" | sed 's|^/||')
-                    [ -n "$rel" ] || die "cannot parse: $line"
-                    rm -rf "${PS_SRC:?}/$rel"
-                    removed=$((removed + 1)) ;;
-                *)
-                    # Type changes (file <-> directory) and the like: start over.
-                    warn "unexpected difference ($line): replacing the whole working tree"
-                    rm -rf "$PS_SRC" && mv "$stage" "$PS_SRC"
-                    rm -f "$tmp"
-                    exit 0 ;;
-            esac
-        done < "$tmp"
-        rm -f "$tmp"
+        # Sync $stage into $PS_SRC by content (rsync --checksum): write the
+        # files that differ or are new, delete those that are gone, leave
+        # identical files alone.  No -t: a written file gets the current time
+        # as its mtime (the staged file's older one would hide the change
+        # from make) and an identical file keeps its own.  Python bytecode
+        # caches written by the build are not part of the source: excluded on
+        # both sides, neither copied nor deleted.
+        log=$srcparent/.sync.log
+        rsync --recursive --links --perms --checksum --delete \
+            --exclude=__pycache__ --out-format='%i %n' \
+            "$stage/" "$PS_SRC/" > "$log" \
+            || die "rsync of the re-created tree into build/src/$(basename "$PS_SRC") failed"
+        changed=$(grep -c '^[>c][fL]' "$log" || true)
+        removed=$(grep -c '^\*deleting .*[^/]$' "$log" || true)
+        rm -f "$log"
         rm -rf "$stage"
         say "working tree build/src/$(basename "$PS_SRC") updated: $changed file(s) written, $removed removed, the rest untouched"
     fi

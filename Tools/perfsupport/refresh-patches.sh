@@ -5,18 +5,22 @@
 # header; its diff is replaced by `git diff` of the files it already touches.
 # Usage: Tools/perfsupport/refresh-patches.sh /path/to/cpython-tree
 set -eu
+PS_TAG="refresh"
+. "$(dirname "$0")/common.sh"
+
+[ $# -eq 1 ] || { echo "usage: $0 /path/to/cpython-tree" >&2; exit 2; }
 tree=$1
-here=$(cd "$(dirname "$0")/../.." && pwd)
-for patch in $(grep -v '^#' "$here/patches/series" | grep -v regen); do
-    file="$here/patches/$patch"
+for patch in $(series_names hand); do
+    file="$PS_PATCHES/$patch"
     files=$(sed -n 's|^+++ b/\([^	 ]*\).*|\1|p' "$file" | sort -u)
     header=$(sed '/^diff --git /,$d; /^--- a\//,$d' "$file")
+    # shellcheck disable=SC2086
     diff=$(cd "$tree" && git diff --no-color -- $files)
     if [ -z "$diff" ]; then
-        echo "$patch: $tree has none of its changes; left as it is" >&2
+        warn "$patch: $tree has none of its changes; left as it is"
         continue
     fi
     printf '%s\n%s\n' "$header" "$diff" > "$file.new"
     mv "$file.new" "$file"
-    echo "refreshed $patch: $(echo $files)"
+    say "refreshed $patch: $(printf '%s\n' "$files" | tr '\n' ' ' | sed 's/ $//')"
 done

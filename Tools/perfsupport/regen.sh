@@ -81,6 +81,11 @@ for f in $changed; do
     esac
 done
 [ -z "$stale" ] || die "Argument Clinic changes these new files:$stale; run 'python3 Tools/clinic/clinic.py FILE' on them in a CPython tree and commit the result (the generated patches must not touch laid-in files)"
+# last_update PATCH: the Last-Update of a hand-written patch; a generated
+# patch changes only when its source does, and carries its date.
+last_update() {
+    sed -n 's/^Last-Update: //p' "$PS_TOP/patches/$1" | head -n 1
+}
 {
     cat <<'EOF'
 Description: regenerated Argument Clinic output
@@ -88,9 +93,10 @@ Description: regenerated Argument Clinic output
  the tree patched by the hand-written patches of patches/series.
  Do not edit; run "make regen".
 Author: Tools/perfsupport/regen.sh
+Origin: vendor, generated from 03-sys-stack-trampoline.patch
 Forwarded: not-needed
-
 EOF
+    printf 'Last-Update: %s\n\n' "$(last_update 03-sys-stack-trampoline.patch)"
     udiff -r -x __pycache__ a b
 } > "$OUT/$N91"
 rm -f "$W/a" "$W/b"
@@ -116,9 +122,10 @@ Description: regenerated configure/pyconfig.h.in by autoconf2.69
  (and autoheader2.69) run on the pristine configure.ac and on the one patched
  by the hand-written patches of patches/series.  Do not edit; run "make regen".
 Author: Tools/perfsupport/regen.sh
+Origin: vendor, generated from 01-configure-perf-trampoline.patch
 Forwarded: not-needed
-
 EOF
+    printf 'Last-Update: %s\n\n' "$(last_update 01-configure-perf-trampoline.patch)"
     udiff --label a/configure --label b/configure p/configure t/configure
     udiff --label a/pyconfig.h.in --label b/pyconfig.h.in p/pyconfig.h.in t/pyconfig.h.in
 } > "$OUT/$N90"
