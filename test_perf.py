@@ -11,7 +11,7 @@ prints, for each mode, the share of the samples inside py::foo whose stack
 also holds py::bar, py::baz and py::<module>.
 
 How `perf script` output is read and how complete the chains must be come
-from the in-tree test (Lib/test/test_perf_profiler.py: perf_stacks(),
+from the in-tree test (Lib/test/test_perf_profiler/util.py: perf_stacks(),
 count_chains(), MIN_COMPLETE_SHARE), so that both ask the same.
 """
 
@@ -162,7 +162,7 @@ class FramePointerTests(PerfCase):
 
 
 @unittest.skipIf(NOFP_PYTHON is None and
-                 os.environ.get("PERF_TESTS_ALLOW_SKIP") == "1",
+                 os.environ.get("PERF_TESTS_REQUIRE_TOOLS") != "1",
                  "PERF_TEST_NOFP_PYTHON is not set")
 class JitdumpTests(PerfCase):
     """perf record --call-graph dwarf + perf inject --jit, no frame

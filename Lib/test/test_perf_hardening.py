@@ -23,15 +23,11 @@ from test import support
 from test.support import import_helper, os_helper, threading_helper
 
 
-if not sys.platform.startswith("linux"):
-    raise unittest.SkipTest("perf trampolines are only supported on Linux")
-if not sysconfig.get_config_var("PY_HAVE_PERF_TRAMPOLINE"):
-    raise unittest.SkipTest("this build has no perf trampoline support")
-if not support.has_subprocess_support:
-    raise unittest.SkipTest("test module requires subprocess")
+# The package's helpers skip this module, at import, where the perf support
+# cannot run (see test_perf_profiler/__init__.py).
 
-from test import test_perf_profiler
-from test.test_perf_profiler import (
+from test.test_perf_profiler import test_failures
+from test.test_perf_profiler.util import (
     CHILD_PREAMBLE, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
     PerfTestCase, entry_name, jitdump_path, map_path)
 
@@ -912,7 +908,7 @@ class TestFailedJitdumpLeavesNoFile(HardeningTestCase):
             self.unavailable("unshare (util-linux) is not installed")
         # The private /tmp of test_perf_profiler, with its probe (the class
         # is not imported by name, or this module would run its tests).
-        cls = test_perf_profiler.TestPrivateTmp
+        cls = test_failures.TestPrivateTmp
         self.wrapper = cls.private_tmp(self, "noexec")
         error = probe_once(cls, [*self.wrapper, "true"],
                            "mount a private /tmp")

@@ -247,3 +247,21 @@ configure_and_make() {
     say "make -j$_jobs in $_b (log: $LOG)"
     (cd "$_b" && make -j"$_jobs") >> "$LOG" 2>&1 || failed "make -j$_jobs"
 }
+
+# private_tmp DIR COMMAND...: COMMAND with DIR as its /tmp: DIR is bound on
+# /tmp in a mount namespace of its own (root and unshare(1) needed), so the
+# perf files that COMMAND's processes leave are all in DIR, and the files
+# of other processes in /tmp are neither seen nor touched.
+private_tmp() {
+    _d=$1; shift
+    unshare --mount --propagation private \
+        sh -c 'mount --bind "$0" /tmp && exec "$@"' "$_d" "$@"
+}
+
+# private_tmp_works SCRATCH_DIR: whether private_tmp can be used here.
+private_tmp_works() {
+    mkdir -p "$1" && private_tmp "$1" true 2>/dev/null
+    _rc=$?
+    rmdir "$1" 2>/dev/null
+    return $_rc
+}

@@ -77,19 +77,12 @@ perf_files() {
     ls -d "$_d"/perf-*.map "$_d"/jit-*.dump "$_d"/jitted-*.so 2>/dev/null | sort
 }
 
-# private_tmp DIR COMMAND...: COMMAND with DIR as /tmp (see above).
-private_tmp() {
-    _d=$1; shift
-    unshare --mount --propagation private \
-        sh -c 'mount --bind "$0" /tmp && exec "$@"' "$_d" "$@"
-}
-if mkdir -p "$OUT/probe.tmp" && private_tmp "$OUT/probe.tmp" true 2>/dev/null; then
+if private_tmp_works "$OUT/probe.tmp"; then
     tmp_mode=private
 else
     tmp_mode=shared
     warn "no private /tmp (unshare needs root): the perf files that appear in /tmp during a run are removed after it, other processes' included"
 fi
-rmdir "$OUT/probe.tmp"
 
 # run WAY BUILD [VAR=VALUE]: one whole regrtest run; WAY.log, WAY.seconds.
 run() {

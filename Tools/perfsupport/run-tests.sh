@@ -23,6 +23,9 @@ NOFP=$PS_BUILD/nofp/python
 rm -rf "$T"
 mkdir -p "$T/work"
 export LD_LIBRARY_PATH="$PS_BUILD/fp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The tests skip, with the reason, when perf, gdb or unshare is missing
+# (CPython's convention); "make test" has installed them: such a skip fails.
+export PERF_TESTS_REQUIRE_TOOLS=1
 
 STOCK="test_sys test_embed test_cmd_line test_capi test_os test_threading test_sysconfig test_gdb test_subprocess test_signal"
 # The suites that cover what the fast calls under the perf trampoline must
@@ -79,12 +82,22 @@ perf_files() {
     ls -d /tmp/perf-*.map /tmp/jit-*.dump /tmp/jitted-*.so 2>/dev/null | sort
 }
 
-# cleaning_tmp COMMAND...: run COMMAND, then remove the perf files it left in
-# /tmp (those that were not there before).
+# cleaning_tmp DIR COMMAND...: run COMMAND in DIR with a /tmp of its own
+# (private_tmp), removed after it with the perf files left there.  Without
+# unshare: in the shared /tmp, then remove the perf files that appeared
+# there meanwhile (other processes' too).
 cleaning_tmp() {
-    perf_files > "$T/tmp-before"
+    _dir=$1; shift
     rc=0
-    "$@" || rc=$?
+    if private_tmp_works "$T/probe.tmp"; then
+        _tmp=$T/step.tmp
+        mkdir -p "$_tmp" && chmod 1777 "$_tmp"
+        private_tmp "$_tmp" sh -c 'cd "$0" && exec "$@"' "$_dir" "$@" || rc=$?
+        rm -rf "$_tmp"
+        return $rc
+    fi
+    perf_files > "$T/tmp-before"
+    in_dir "$_dir" "$@" || rc=$?
     perf_files | comm -13 "$T/tmp-before" - | while read -r f; do
         rm -f "$f"
     done
@@ -141,14 +154,14 @@ if [ $fp_ok = no ]; then
     skip "suites under -X perf" "fp build failed"
 else
     # shellcheck disable=SC2086
-    step "suites under -X perf" cleaning_tmp in_dir "$PS_BUILD/fp" \
+    step "suites under -X perf" cleaning_tmp "$PS_BUILD/fp" \
         env PYTHONPERFSUPPORT=1 ./python -m test -j2 --timeout 900 $UNDER_PERF
 fi
 if [ $nofp_ok = no ]; then
     skip "suites under -X perf_jit" "nofp build failed"
 else
     # shellcheck disable=SC2086
-    step "suites under -X perf_jit" cleaning_tmp in_dir "$PS_BUILD/nofp" \
+    step "suites under -X perf_jit" cleaning_tmp "$PS_BUILD/nofp" \
         env PYTHON_PERF_JIT_SUPPORT=1 ./python -m test -j2 --timeout 900 \
         $UNDER_PERF
 fi

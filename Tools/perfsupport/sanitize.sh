@@ -105,12 +105,6 @@ run_one() {
     say "$mode $mod: ${res:-no result} (exit $rc), $nrep sanitizer report(s), ${secs}s"
 }
 
-# private_tmp DIR COMMAND...: COMMAND with DIR as /tmp (see above).
-private_tmp() {
-    _d=$1; shift
-    unshare --mount --propagation private \
-        sh -c 'mount --bind "$0" /tmp && exec "$@"' "$_d" "$@"
-}
 
 if [ "${1:-}" = --one ]; then
     # Called back through xargs (below) with B and OUT in the environment.
@@ -166,14 +160,13 @@ say "$PS_JOBS at a time, --timeout $PS_TIMEOUT; output in $OUT"
 perf_files() {
     ls -d /tmp/perf-*.map /tmp/jit-*.dump /tmp/jitted-*.so 2>/dev/null | sort
 }
-if mkdir -p "$OUT/probe.tmp" && private_tmp "$OUT/probe.tmp" true 2>/dev/null; then
+if private_tmp_works "$OUT/probe.tmp"; then
     tmp_mode=private
 else
     tmp_mode=shared
     warn "no private /tmp (unshare needs root): the perf files that appear in /tmp during the run are removed after it, other processes' included"
     perf_files > "$OUT/tmp-before"
 fi
-rmdir "$OUT/probe.tmp"
 
 t0=$(date +%s)
 for mode in $modes; do

@@ -1,0 +1,161 @@
+"""The real perf tool reading what the interpreter writes: perf record -g
+with the perf map (TestRealPerf, which needs frame pointers), perf record
+--call-graph dwarf and perf inject --jit with the jitdump
+(TestRealPerfJit)."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import unittest
+
+from test.test_perf_profiler.util import (
+    MIN_COMPLETE_SHARE, PERF, PERF_TIMEOUT, PerfTestCase, count_chains,
+    perf_stacks)
+
+
+# ---- The real perf ----------------------------------------------------------
+
+PERF_SCRIPT = """\
+import os, sys, time
+print(os.getpid(), flush=True)
+{activation}
+def foo():
+    x = 0
+    # 0.3 s of CPU time, however busy the machine is.
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        for i in range(1000):
+            x += i
+    return x
+
+def bar():
+    return foo()
+
+def baz():
+    return bar()
+
+baz()
+"""
+
+
+# perf record -g follows frame pointers: it can only walk an interpreter that
+# keeps them.
+HAS_FRAME_POINTERS = "-fno-omit-frame-pointer" in (
+    sysconfig.get_config_var("PY_CORE_CFLAGS") or "")
+
+
+class RealPerfTestCase(PerfTestCase):
+    """Profile PERF_SCRIPT under the real perf."""
+
+    # How perf record collects call chains.
+    call_graph = ("-F", "999", "-g")
+
+    def setUp(self):
+        super().setUp()
+        if PERF is None:
+            self.unavailable("perf is not installed")
+
+    def perf_run(self, *args):
+        return subprocess.run([PERF, *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=PERF_TIMEOUT)
+
+    def samples_of(self, data):
+        """The file that perf script reads for what perf record wrote to
+        data: data itself, unless a step such as perf inject comes first."""
+        return data
+
+    def record(self, *python_args, activation=""):
+        script = self.make_script(PERF_SCRIPT.format(activation=activation))
+        data = os.path.join(self.tmp, "perf.data")
+        proc = self.perf_run("record", *self.call_graph, "-N", "-o", data,
+                             "--", sys.executable, "-I", *python_args,
+                             script)
+        out = proc.stdout.decode(errors="replace").split()
+        if out and out[0].isdigit():
+            pid = int(out[0])
+            self.forget_pid(pid)
+        if proc.returncode != 0 or not out:
+            self.unavailable(
+                f"perf record failed ({proc.returncode}):\n"
+                f"{proc.stderr.decode(errors='replace')}")
+        data = self.samples_of(data)
+        report = self.perf_run("script", "-i", data, "--no-inline")
+        if report.returncode != 0:
+            self.fail(f"perf script failed ({report.returncode}):\n"
+                      f"{report.stderr.decode(errors='replace')}")
+        text = report.stdout.decode("utf-8", "replace")
+        return text, pid, script
+
+    def check_python_stacks(self, text, pid, script,
+                            callers=("bar", "baz", "<module>")):
+        stacks = perf_stacks(text, pid)
+        self.assertGreater(len(stacks), 50, "too few samples")
+        with_foo, complete = count_chains(stacks, script, ("foo", *callers))
+        self.assertGreater(with_foo, 20,
+                           f"py::foo in few of {len(stacks)} samples:\n"
+                           f"{text[:3000]}")
+        self.assertGreater(complete, with_foo * MIN_COMPLETE_SHARE,
+                           f"{complete} of {with_foo} stacks show "
+                           f"<module> > baz > bar > foo")
+
+
+class RealPerfChecks:
+    """The checks of both backends under the real perf; the class that
+    mixes this in names its backend."""
+
+    backend = None
+
+    def test_x_option(self):
+        text, pid, script = self.record("-X", self.backend)
+        self.check_python_stacks(text, pid, script)
+
+    def test_sys_activate(self):
+        # The module's code was entered before the activation: it has no
+        # trampoline, but everything it calls afterwards has.
+        text, pid, script = self.record(
+            activation=f'sys.activate_stack_trampoline("{self.backend}")')
+        self.check_python_stacks(text, pid, script, callers=("bar", "baz"))
+
+    def test_without_trampoline(self):
+        text, pid, script = self.record()
+        self.assertGreater(len(perf_stacks(text, pid)), 50)
+        self.assertNotIn("py::", text)
+        self.assertNoMap(pid)
+
+
+@unittest.skipUnless(HAS_FRAME_POINTERS,
+                     "built without frame pointers: perf record -g cannot "
+                     "walk the interpreter (TestRealPerfJit covers it)")
+class TestRealPerf(RealPerfChecks, RealPerfTestCase):
+    """perf record -g with the perf map."""
+
+    backend = "perf"
+
+
+class TestRealPerfJit(RealPerfChecks, RealPerfTestCase):
+    """perf record --call-graph dwarf + perf inject --jit with the jitdump:
+    what builds without frame pointers rely on (perf 6.8 or newer)."""
+
+    backend = "perf_jit"
+    call_graph = ("-F", "499", "-k", "1", "--call-graph", "dwarf,65528")
+
+    def setUp(self):
+        super().setUp()
+        version = self.perf_run("--version").stdout.decode().split()[-1]
+        major_minor = tuple(int(n) for n in version.split(".")[:2])
+        if major_minor < (6, 8):
+            self.unavailable(f"perf {version} cannot unwind through jitted "
+                             f"code: perf 6.8 or newer is needed")
+
+    def samples_of(self, data):
+        injected = data + ".jit"
+        proc = self.perf_run("inject", "--jit", "-i", data, "-o", injected)
+        if proc.returncode != 0:
+            self.fail(f"perf inject failed ({proc.returncode}):\n"
+                      f"{proc.stderr.decode(errors='replace')}")
+        return injected
+
+
+if __name__ == "__main__":
+    unittest.main()
