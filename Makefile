@@ -20,7 +20,12 @@
 #   build/fp/                  out-of-tree build with frame pointers (default);
 #                              build.log, perfsupport-config, smoke.out
 #   build/nofp/                out-of-tree build without (FRAME_POINTERS=no)
-#   build/demo.py, build/demo/ the perf demo: script, perf.data, report.txt
+#   build/demo.py, build/demo/ the perf demo: script, perf.data, report.txt,
+#                              flamegraph-python.html (VIEW=), flamegraph-gecko.json
+#   build/flamegraph/          d3-flame-graph's HTML template, installed by npm ci
+#                              from Tools/perfsupport/flamegraph/package-lock.json
+#   build/flamegraph-test/     recordings, flame graphs and screenshot of
+#                              "make flamegraph-test"
 #   build/regen/, build/regen-check/  scratch trees of "make regen" and
 #                              "make check-regen" (removed when they succeed)
 #   build/perf-support-3.11.patch  combined patch written by "make patch"
@@ -77,6 +82,14 @@ BUILD_CC = $(if $(CCACHE),ccache $(CC),$(CC))
 PYTHON_FOR_REGEN ?= python3
 # Script profiled by "make demo" (default: the demo written to build/demo.py).
 SCRIPT ?=
+# Flame graphs ("make demo", "make flamegraph"): python (interpreter frames
+# between Python frames folded away), native (every frame, perf's own
+# flamegraph script) or both.
+VIEW ?= python
+# "make flamegraph": the perf.data to draw, and the directory of the outputs
+# (default: the directory of DATA).
+DATA ?=
+OUT ?=
 # Staging root for "make install" (CPython's DESTDIR).
 DESTDIR ?=
 # "make test" also runs check-patch (an extra in-tree build); CHECK_PATCH=no skips it.
@@ -97,6 +110,9 @@ FLAVOR   := $(if $(filter no,$(FRAME_POINTERS)),nofp,fp)
 
 ifeq ($(filter yes no,$(FRAME_POINTERS)),)
 $(error FRAME_POINTERS must be yes or no, not '$(FRAME_POINTERS)')
+endif
+ifneq ($(words $(VIEW)) $(filter python native both,$(VIEW)),1 $(VIEW))
+$(error VIEW must be python, native or both, not '$(VIEW)')
 endif
 
 # Sanitizers (comma-separated: address, undefined, thread): with SANITIZE
@@ -129,6 +145,7 @@ export PS_CONFIGURE_FLAGS := $(CONFIGURE_FLAGS)
 export PS_CC = $(BUILD_CC)
 export PS_PYTHON_FOR_REGEN := $(PYTHON_FOR_REGEN)
 export PS_SCRIPT := $(SCRIPT)
+export PS_VIEW := $(VIEW)
 export PS_CHECK_PATCH := $(CHECK_PATCH)
 export PS_ABI_CHECK := $(ABI_CHECK)
 export PS_SANITIZE_CHECK := $(SANITIZE_CHECK)
@@ -139,6 +156,7 @@ PATCH_FILES := $(wildcard $(TOP)/patches/*)
 NEW_FILES   := $(shell PS_TOP='$(TOP)'; . '$(PS)/common.sh'; list_new_files)
 
 .PHONY: all deps fetch source build build-fp build-nofp demo demo-optional \
+        flamegraph flamegraph-test \
         test patch check-patch regen check-regen install abi-check bench build-stock \
         clean distclean help \
         FORCE
@@ -196,6 +214,20 @@ demo: build-fp
 # still ends successfully.
 demo-optional:
 	@sh $(PS)/demo.sh --optional
+
+# Flame graphs of any recording: DATA-python.html (or -native.html, both
+# with VIEW=both) and DATA-gecko.json, next to DATA or in OUT.
+flamegraph:
+	@if [ -z '$(DATA)' ]; then \
+	    echo 'usage: make flamegraph DATA=path/to/perf.data [VIEW=python|native|both] [OUT=dir]' >&2; \
+	    exit 2; \
+	fi
+	@python3 $(PS)/flamegraph.py --view $(VIEW) $(if $(OUT),--out-dir '$(OUT)') '$(DATA)'
+
+# The flame graphs on real recordings of build/fp and build/nofp, and in
+# headless Chromium (about 30 s).
+flamegraph-test:
+	@python3 $(PS)/test_flamegraph.py -v
 
 test: deps
 	+@PS_MAKE='$(MAKE)' sh $(PS)/run-tests.sh
@@ -307,7 +339,11 @@ help:
 	@echo '  fetch        download/verify the 3.11 source (build/download/) or check SOURCE='
 	@echo '  source       unpack pristine, lay in new files, apply patches/series -> build/src/cpython'
 	@echo '  build        out-of-tree build in build/fp (FRAME_POINTERS=yes) or build/nofp, plus a smoke check'
-	@echo '  demo         perf record + perf report of a nested foo/bar/baz script with -X perf (SCRIPT= to change)'
+	@echo '  demo         perf record + perf report of a nested foo/bar/baz script with -X perf (SCRIPT= to change),'
+	@echo '               and its flame graph: build/demo/flamegraph-python.html (VIEW=), flamegraph-gecko.json'
+	@echo '  flamegraph   flame graph of a recording: make flamegraph DATA=perf.data [VIEW=python|native|both]'
+	@echo '               [OUT=dir]: NAME-VIEW.html (one self-contained file), NAME-gecko.json (Firefox Profiler); NAME: DATA without .data'
+	@echo '  flamegraph-test  the flame graphs checked on real recordings and in headless Chromium'
 	@echo '  test         builds fp and nofp, check-regen, perf tests, stock suites, check-patch; summary table'
 	@echo '  regen        regenerate patches/90-regen-configure.patch and 91-regen-clinic.patch'
 	@echo '  check-regen  fail if the committed generated patches are out of date'
@@ -335,6 +371,7 @@ help:
 	@echo '  OPT_CFLAGS=$(OPT_CFLAGS)'
 	@echo '  CONFIGURE_FLAGS=$(CONFIGURE_FLAGS)'
 	@echo '  CC=$(CC)   CCACHE=$(CCACHE)   -> $(BUILD_CC)'
+	@echo '  VIEW=$(VIEW)   DATA=$(DATA)   OUT=$(OUT)'
 	@echo '  PYTHON_FOR_REGEN=$(PYTHON_FOR_REGEN)   SCRIPT=$(SCRIPT)   CHECK_PATCH=$(CHECK_PATCH)   ABI_CHECK=$(ABI_CHECK)   SANITIZE_CHECK=$(SANITIZE_CHECK)'
 	@echo '  DESTDIR=$(DESTDIR)   DEB_VERSION=$(DEB_VERSION)'
 	@echo '  SANITIZE=$(SANITIZE)   SANITIZE_TIMEOUT=$(SANITIZE_TIMEOUT)   QUICK=$(QUICK)'

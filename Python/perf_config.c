@@ -154,7 +154,7 @@ void
 _PyPerfTrampoline_InitFromConfig(PyThreadState *tstate)
 {
     /* Every interpreter takes its co_extra index now, before any other
-       user can: see "Memory". */
+       user can: see "Memory" in Python/perf_trampoline.c. */
     if (_PyPerfTrampoline_AddInterpreter(tstate->interp) < 0) {
         PySys_WriteStderr("Python: warning: perf profiler support is "
                           "unavailable: %.400s\n", _PyPerf_GetError());

@@ -2,7 +2,7 @@
 # "make aarch64-test": cross-build the patched tree for AArch64 and run the
 # perf tests on it under qemu-user, so that the AArch64 trampoline
 # (Python/asm_trampoline.S) and the AArch64 unwind rules
-# (Python/perf_jit_trampoline.c, Python/perf_gdb_jit.c) execute.
+# (Python/perf_unwind.c, used by the jitdump and gdb) execute.
 #
 #   aarch64.sh [deps|build|test|checks|all]   (default: all)
 #

@@ -1,12 +1,17 @@
 #!/bin/sh
 # Show perf support at work: profile a small script with nested Python calls
 # (baz -> bar -> foo) under "perf record -g" with build/fp/python -X perf and
-# print the part of "perf report" that shows the py:: frames.
+# print the part of "perf report" that shows the py:: frames; then write the
+# flame graph (Tools/perfsupport/flamegraph.py: build/demo/flamegraph-VIEW.html
+# and the Firefox Profiler's build/demo/flamegraph-gecko.json) and print
+# their paths.
 #
 #   demo.sh [--optional]
 #
 # PS_SCRIPT=path profiles another script (default: build/demo.py, written
-# here).  Before recording, a probe checks that perf can record at all; if it
+# here); PS_VIEW=python|native|both picks the flame graph (default python).
+# Without npm (or offline) the HTML is skipped with one warning; nothing
+# about the flame graph makes the demo fail.  Before recording, a probe checks that perf can record at all; if it
 # cannot, the reason and the fix are printed and the script exits 1, or 0 with
 # --optional (used by "make all").  The perf map file(s) the run created in
 # /tmp are kept until perf report has read them, then deleted.
@@ -103,6 +108,14 @@ perf report -i "$OUT/perf.data" --stdio -n --no-children \
     indent "$OUT/report.err" | tail -n 20 >&2
     die "perf report failed; see $OUT/report.err"
 }
+# The flame graph, while the perf map is still there for perf to read.
+fg_python=python3
+command -v python3 >/dev/null 2>&1 || fg_python=$PY
+fg_rc=0
+rm -f "$OUT/flamegraph-python.html" "$OUT/flamegraph-native.html" "$OUT/flamegraph-gecko.json"
+say "flame graph: Tools/perfsupport/flamegraph.py --view ${PS_VIEW:-python} (log: build/demo/flamegraph.log)"
+"$fg_python" "$PS_TOP/Tools/perfsupport/flamegraph.py" --view "${PS_VIEW:-python}" \
+    --name flamegraph "$OUT/perf.data" > "$OUT/flamegraph.log" 2>&1 || fg_rc=$?
 for m in $new_maps; do
     rm -f "$m"
     say "deleted the demo's perf map $m"
@@ -137,3 +150,20 @@ else
     fi
     say "no py:: frames (expected without perf support in the interpreter)"
 fi
+
+# ---- flame graph -------------------------------------------------------------------
+case $fg_rc in
+    0) ;;
+    3) grep 'WARNING' "$OUT/flamegraph.log" | head -n 1 | sed 's/^\[flamegraph\] WARNING: //' \
+           | while IFS= read -r line; do warn "$line"; done ;;
+    *) warn "no flame graph (exit $fg_rc); log: $OUT/flamegraph.log"
+       tail -n 5 "$OUT/flamegraph.log" | indent >&2 ;;
+esac
+sed -n -E 's/^\[flamegraph\] (python|native) view: (.*)/\1 \2/p' "$OUT/flamegraph.log" \
+    | while read -r view path; do
+        say "flame graph, $view view: $path (self-contained: any browser, no network)"
+    done
+sed -n 's/^\[flamegraph\] Firefox Profiler: //p' "$OUT/flamegraph.log" \
+    | while IFS= read -r path; do
+        say "Firefox Profiler format: $path (in the Firefox Profiler: Load a profile from file)"
+    done

@@ -4,14 +4,21 @@
 # As root on Debian 12 this adds a deb-src entry and the bookworm-backports
 # suite when they are missing, then installs the build dependencies of
 # python3.11, linux-perf 6.12 from bookworm-backports (perf inject --jit
-# needs perf 6.8 or newer), gdb, ccache, autoconf2.69 and abigail-tools.
-# Anywhere else it prints the exact commands to run and fails.
+# needs perf 6.8 or newer), gdb, ccache, autoconf2.69 and abigail-tools,
+# and, when their commands are missing, nodejs and npm (the flame graph
+# template, installed with npm ci) and chromium (the browser check of
+# Tools/perfsupport/test_flamegraph.py).  Anywhere else it prints the exact
+# commands to run and fails.
 set -eu
 
 PYVER="${PYVER:-3.11.2-6+deb12u8}"
 SOURCES=/etc/apt/sources.list.d/debian.sources
 BACKPORTS=/etc/apt/sources.list.d/perfsupport-backports.sources
 PACKAGES="ccache gdb autoconf2.69 abigail-tools dpkg-dev xz-utils patch rsync valgrind python3"
+# COMMAND:PACKAGE pairs installed only when COMMAND is missing: a node.js
+# from elsewhere (which often brings its own npm and conflicts with Debian's)
+# is kept.
+TOOLS="node:nodejs npm:npm chromium:chromium"
 
 say() { printf '[deps] %s\n' "$*"; }
 
@@ -34,6 +41,12 @@ missing_pkgs() {
     done
 }
 
+missing_tools() {
+    for t in $TOOLS; do
+        command -v "${t%%:*}" >/dev/null 2>&1 || printf '%s ' "${t#*:}"
+    done
+}
+
 if ! is_debian12 || [ "$(id -u)" != 0 ]; then
     if ! is_debian12; then
         say "this is not Debian 12: install by hand the equivalents of"
@@ -45,11 +58,13 @@ if ! is_debian12 || [ "$(id -u)" != 0 ]; then
   printf 'Types: deb\nURIs: <your Debian mirror>\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $BACKPORTS
   apt-get update
   apt-get build-dep -y python3.11=$PYVER
-  apt-get install -y $PACKAGES
+  apt-get install -y $PACKAGES $(missing_tools)
   apt-get install -y -t bookworm-backports linux-perf
 MSG
     # Without root we can still go on if everything is already there.
     if [ -z "$(missing_pkgs 2>/dev/null)" ] && ! need_perf; then
+        tools=$(missing_tools)
+        [ -z "$tools" ] || say "optional, missing: $tools(no flame graph HTML without npm, no browser check without chromium)"
         say "everything needed is already installed; going on"
         exit 0
     fi
@@ -96,6 +111,14 @@ if [ -n "$missing" ]; then
     update
     say "apt-get install $missing"
     apt-get install -y -qq $missing >/dev/null
+fi
+tools=$(missing_tools)
+if [ -n "$tools" ]; then
+    update
+    say "apt-get install $tools(optional: flame graph HTML, browser check)"
+    # shellcheck disable=SC2086
+    apt-get install -y -qq $tools >/dev/null \
+        || say "WARNING: could not install $tools; going on without"
 fi
 if need_perf; then
     update
