@@ -51,7 +51,8 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 # List the new files (relative paths) that are laid into the CPython tree:
 # everything under Python/ Include/ Lib/ Doc/ Misc/ Modules/ Tools/ except the
-# project's own tooling in Tools/perfsupport/ and Tools/bench/.  In a git
+# project's own tooling in Tools/perfsupport/ and Tools/bench/ and the
+# README's pictures (Doc/*.png: a text patch cannot carry them).  In a git
 # checkout the list comes from git (tracked files plus untracked, non-ignored
 # ones, so that work in progress is laid in too); otherwise from find.
 list_new_files() {
@@ -65,7 +66,7 @@ list_new_files() {
             for d in $dirs; do
                 [ -d "$d" ] && find "$d" -type f
             done
-        fi | grep -v -e '^Tools/perfsupport/' -e '^Tools/bench/' \
+        fi | grep -v -e '^Tools/perfsupport/' -e '^Tools/bench/' -e '^Doc/[^/]*\.png$' \
                -e '/__pycache__/' -e '\.pyc$' -e '~$' -e '\.orig$' -e '\.rej$' \
            | sort -u \
            | while IFS= read -r f; do [ -f "$f" ] && printf '%s\n' "$f"; done

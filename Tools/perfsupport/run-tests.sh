@@ -166,6 +166,14 @@ else
         $UNDER_PERF
 fi
 
+# Flame graphs: real recordings of both builds, folded, drawn and checked in
+# headless Chromium.
+if [ $fp_ok = no ] || [ $nofp_ok = no ]; then
+    skip "flame graphs" "a build failed"
+else
+    step "flame graphs" python3 "$PS_TOP/Tools/perfsupport/test_flamegraph.py" -v
+fi
+
 # ASAN + UBSAN: the perf test modules (but gdb's) under both backends.
 if [ "$PS_SANITIZE_CHECK" = no ]; then
     skip "sanitizers (quick)" "SANITIZE_CHECK=no"
