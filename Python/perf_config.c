@@ -99,10 +99,14 @@ backend_from_xoptions(const PyConfig *config)
             chosen = backend->name;
             continue;
         }
+        /* Values longer than this are not switches: shown as "...". */
         char value[32];
-        size_t n = wcstombs(value, wvalue, sizeof(value));
-        if (n >= sizeof(value)) {
+        size_t n = wcstombs(NULL, wvalue, 0);
+        if (n == (size_t)-1 || n >= sizeof(value)) {
             strcpy(value, "...");
+        }
+        else {
+            wcstombs(value, wvalue, sizeof(value));
         }
         int on = parse_switch(value);
         if (on < 0) {
@@ -135,19 +139,23 @@ switch_from_environment(const char *name)
 
 /* The backends' environment variables (PYTHONPERFSUPPORT,
    PYTHON_PERF_JIT_SUPPORT): the first backend of the list whose variable
-   is on wins (the jitdump). */
+   is on wins (the jitdump).  Each variable is read, so that each invalid
+   value gets its warning. */
 static const char *
 backend_from_environment(const PyConfig *config)
 {
     if (!config->use_environment) {
         return NULL;
     }
+    const char *chosen = NULL;
     for (const _PyPerf_Backend *const *b = _PyPerf_Backends; *b; b++) {
-        if (switch_from_environment((*b)->env_variable) == 1) {
-            return (*b)->name;
+        if (switch_from_environment((*b)->env_variable) == 1
+            && chosen == NULL)
+        {
+            chosen = (*b)->name;
         }
     }
-    return NULL;
+    return chosen;
 }
 
 void

@@ -262,15 +262,25 @@ copy_map(const char *path)
     return res;
 }
 
+/* The size of the map at fork(), measured with its lock held: what a
+   persistent child copies.  The parent writes again as soon as fork()
+   returns, at the addresses the child will use next.  -1 outside
+   PyOS_BeforeFork() .. PyOS_AfterFork_*() (a fork() made by C code). */
+static off_t size_at_fork = -1;
+
 void
 _PyPerfMap_BeforeFork(void)
 {
     _PyPerfOutput_BeforeFork(&map);
+    struct stat st;
+    size_at_fork = (map.fd >= 0 && fstat(map.fd, &st) == 0) ? st.st_size
+                                                              : -1;
 }
 
 void
 _PyPerfMap_AfterForkParent(void)
 {
+    size_at_fork = -1;
     _PyPerfOutput_AfterForkParent(&map);
 }
 
@@ -280,20 +290,30 @@ _PyPerfMap_AfterForkChild(int persist)
     /* The map that the parent had open, whoever wrote it (the perf
        backend, C code through the API, or both), read through the
        descriptor the child inherited: the parent's file even if its name
-       was removed or replaced meanwhile.  The parent held the map's lock
-       at fork() and may be writing again: a last line without its newline
-       is the parent's, not copied. */
+       was removed or replaced meanwhile.  Only what it held at fork():
+       the parent writes again at once, naming trampolines at addresses
+       that the child will give other code. */
     int parent_map = _PyPerfOutput_AfterForkChild(&map, persist);
     if (parent_map < 0) {
         return 0;
     }
+    off_t size = size_at_fork;
+    size_at_fork = -1;
     struct stat st;
+    if (size < 0) {
+        /* Not forked through PyOS_BeforeFork(): what the file holds now
+           (a last line without its newline is the parent's, not copied). */
+        size = fstat(parent_map, &st) == 0 ? st.st_size : -1;
+    }
     int res = -1;
-    if (fstat(parent_map, &st) != 0) {
+    if (size < 0) {
         _PyPerf_SetError(errno, "cannot stat the parent's perf map");
     }
+    else if (size == 0) {
+        res = 0;
+    }
     else {
-        res = copy_lines(parent_map, st.st_size, 0, "the parent's perf map");
+        res = copy_lines(parent_map, size, 0, "the parent's perf map");
     }
     close(parent_map);
     return res < 0 ? -1 : 1;

@@ -242,6 +242,8 @@ static struct {
        runs preexec_fn: new code runs without being named, so that a child
        that calls exec() next leaves no file behind. */
     int child_at_fork;
+    /* That child of subprocess: it activates nothing either. */
+    int will_exec;
     /* Describe trampolines to gdb (PYTHON_PERF_GDB=0 turns it off). */
     int gdb_enabled;
     /* Install the hook under another name (for the benchmarks). */
@@ -807,6 +809,12 @@ _PyPerf_ActivateResult
 _PyPerfTrampoline_Activate(PyInterpreterState *interp,
                            const _PyPerf_Backend *backend)
 {
+    if (perf_state.will_exec) {
+        /* Nothing this process runs is named: opening a file now would
+           leave it to the program it becomes.  Not an error either: the
+           process is about to be replaced. */
+        return _PyPerf_ACTIVATED;
+    }
     _PyFrameEvalFunction current =
         _PyInterpreterState_GetEvalFrameFunc(interp);
     if (current != _PyEval_EvalFrameDefault && !is_our_hook(current)) {
@@ -1185,6 +1193,7 @@ _PyPerfTrampoline_ChildWillExec(void)
 {
     /* Not undone: the child ends in exec() or _exit(). */
     perf_state.child_at_fork = 1;
+    perf_state.will_exec = 1;
 }
 
 
@@ -1194,7 +1203,9 @@ int
 PyUnstable_PerfTrampoline_CompileCode(PyCodeObject *co)
 {
     PyThreadState *tstate = _PyThreadState_GET();
-    if (!hook_is_ours(tstate->interp) || perf_state.backend == NULL) {
+    if (!hook_is_ours(tstate->interp) || perf_state.backend == NULL
+        || perf_state.child_at_fork)
+    {
         return 0;
     }
     interp_record *record = record_of(tstate->interp);

@@ -1120,5 +1120,121 @@ class TestForeignFreeFunction(HardeningTestCase):
                 self.assertExitedOk(res)
 
 
+
+# ---- F12: found by trying to break the reshaped code -------------------------
+
+# The parent names many functions, forks with persistence on, and names new
+# ones at once; the child names child_only.  The child prints its map's
+# addresses that have more than one name.
+PERSIST_RACE_CODE = """
+    import os, sys, _testinternalcapi as t
+    sys.activate_stack_trampoline("perf")
+    t.set_perf_trampoline_persist_after_fork(True)
+    def make(name):
+        namespace = {}
+        exec(f"def {name}():\\n    return 1\\n", namespace)
+        return namespace[name]
+    for i in range(5000):
+        make(f"before_{i}")()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        make("child_only")()
+        names = {}
+        with open(f"/tmp/perf-{os.getpid()}.map") as f:
+            for line in f:
+                start, size, name = line.rstrip("\\n").split(" ", 2)
+                names.setdefault(start, set()).add(name)
+        clashes = sorted(a for a, n in names.items() if len(n) > 1)
+        print(f"pid={os.getpid()}", flush=True)
+        print(f"clashes={len(clashes)}", flush=True)
+        os._exit(0)
+    for i in range(2000):
+        make(f"after_{i}")()
+    os.waitpid(pid, 0)
+"""
+
+# argv[1]: what preexec_fn does in the child of subprocess before it
+# exec()s true(1): "activate" the perf support, or "compile" a trampoline.
+PREEXEC_ACTS_CODE = """
+    import subprocess, sys, _testinternalcapi as t
+    act, program = sys.argv[1], sys.argv[2]
+    def h():
+        return 1
+    def before_exec():
+        if act == "activate":
+            sys.activate_stack_trampoline("perf")
+            h()
+        else:
+            t.compile_perf_trampoline(h.__code__)
+    if act == "compile":
+        sys.activate_stack_trampoline("perf")
+    proc = subprocess.Popen([program], preexec_fn=before_exec)
+    print(f"pid={proc.pid}", flush=True)
+    assert proc.wait() == 0, proc.returncode
+"""
+
+
+# Before the fixes:
+# - test_persisted_map_has_one_name_per_address: the child's copy went on
+#   past fork(), into the lines that the parent wrote afterwards for the
+#   addresses the child then gave its own code (2 runs of 3):
+#     AssertionError: 1 != 0 : addresses with two names in the child's map
+# - test_long_x_value: wcstombs() left the buffer unterminated; the value
+#   was read from uninitialised stack (valgrind), and the environment
+#   variable that should have applied did not:  AssertionError: b'False'
+# - test_each_invalid_variable_warned: PYTHONPERFSUPPORT=yes went unnoticed
+#   when PYTHON_PERF_JIT_SUPPORT=1 was read first
+# - test_preexec_fn_activates / _compiles: the child of subprocess left
+#   /tmp/perf-CHILDPID.map (empty, or with py::h) to the program it became
+class TestBreakerFindings(HardeningTestCase):
+    """Faults found by hostile testing after the code was reshaped."""
+
+    def setUp(self):
+        super().setUp()
+        import_helper.import_module("_testinternalcapi")
+
+    @support.requires_fork()
+    def test_persisted_map_has_one_name_per_address(self):
+        for run in range(2):
+            with self.subTest(run=run):
+                out, (parent, child) = self.run_child(PERSIST_RACE_CODE)
+                self.assertIn("clashes=0", out,
+                              "addresses with two names in the child's map")
+
+    def test_long_x_value(self):
+        value = "a" * 31 + "\u00e9"
+        res = self.run_python("-X", f"perf={value}", "-c",
+                              "import sys; "
+                              "print(sys.is_stack_trampoline_active())",
+                              env={**os.environ, "PYTHONPERFSUPPORT": "1",
+                                   "PYTHONIOENCODING": "utf-8"})
+        self.assertExitedOk(res)
+        self.assertEqual(res.out.strip(), b"True")
+        self.assertIn(b"-X perf=...: invalid value", res.err)
+
+    def test_each_invalid_variable_warned(self):
+        res = self.run_python("-c", "import sys; "
+                              "print(sys.is_stack_trampoline_active())",
+                              env={**os.environ, "PYTHONPERFSUPPORT": "yes",
+                                   "PYTHON_PERF_JIT_SUPPORT": "1"})
+        self.assertExitedOk(res)
+        self.assertEqual(res.out.strip(), b"True")
+        self.assertIn(b"PYTHONPERFSUPPORT=yes: invalid value", res.err)
+
+    def check_preexec(self, act):
+        program = shutil.which("true") or "/bin/true"
+        if not os.access(program, os.X_OK):
+            self.unavailable("true(1) is not installed")
+        _, (parent, child) = self.run_child(PREEXEC_ACTS_CODE, act, program)
+        for path in (map_path(child), jitdump_path(child)):
+            self.assertFalse(os.path.lexists(path), f"{path} exists")
+
+    def test_preexec_fn_activates(self):
+        self.check_preexec("activate")
+
+    def test_preexec_fn_compiles(self):
+        self.check_preexec("compile")
+
 if __name__ == "__main__":
     unittest.main()
