@@ -259,8 +259,13 @@ private_tmp() {
         sh -c 'mount --bind "$0" /tmp && exec "$@"' "$_d" "$@"
 }
 
-# private_tmp_works SCRATCH_DIR: whether private_tmp can be used here.
+# private_tmp_works SCRATCH_DIR: whether private_tmp can be used here: not
+# when this repository (its builds, the interpreters' own paths) lives
+# under /tmp, which the private one would hide.
 private_tmp_works() {
+    case "$(cd "$PS_TOP" && pwd -P)/" in
+        /tmp/*) return 1 ;;
+    esac
     mkdir -p "$1" && private_tmp "$1" true 2>/dev/null
     _rc=$?
     rmdir "$1" 2>/dev/null
