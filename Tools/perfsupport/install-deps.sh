@@ -64,7 +64,7 @@ MSG
     # Without root we can still go on if everything is already there.
     if [ -z "$(missing_pkgs 2>/dev/null)" ] && ! need_perf; then
         tools=$(missing_tools)
-        [ -z "$tools" ] || say "optional, missing: $tools(no flame graph HTML without npm, no browser check without chromium)"
+        [ -z "$tools" ] || say "missing: $tools(make test needs them for its flame-graph step; make demo goes on without)"
         say "everything needed is already installed; going on"
         exit 0
     fi
@@ -115,10 +115,10 @@ fi
 tools=$(missing_tools)
 if [ -n "$tools" ]; then
     update
-    say "apt-get install $tools(optional: flame graph HTML, browser check)"
+    say "apt-get install $tools(flame graph HTML and its browser check in make test)"
     # shellcheck disable=SC2086
     apt-get install -y -qq $tools >/dev/null \
-        || say "WARNING: could not install $tools; going on without"
+        || say "WARNING: could not install $tools; make demo goes on without them, make test's flame-graph step will fail"
 fi
 if need_perf; then
     update
