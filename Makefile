@@ -34,6 +34,9 @@
 #                              (and, for check-patch, built in place)
 #   build/test/                logs of "make test", one per step
 #   build/abi/                 "make abi-check": stock and patched shared builds
+#   build/deb/                 "make deb": the .deb files, build.log; src/ the
+#                              package tree; root-base.tar, the Debian 12 root
+#                              of "make deb-test" (made once)
 #
 # The new files under Python/ Include/ Lib/ Doc/ Misc/ Modules/ Tools/ (but
 # not Tools/perfsupport/ or Tools/bench/) are laid into the working tree at
@@ -261,6 +264,25 @@ abi-check: source
 aarch64-test: build-fp
 	@sh $(PS)/aarch64.sh
 
+# ---- Debian 12 packages -----------------------------------------------------------
+# Debian's own source package python3.11 ($(DEB_VERSION)) with this
+# project's patches appended to its quilt series, frame pointers and version
+# $(DEB_VERSION)+perf1 (Tools/perfsupport/deb.sh).  deb: the .deb files in
+# build/deb/ (FULL=1: with Debian's PGO and LTO, hours instead of ~25 min);
+# check-deb: Debian's series plus ours applies with no fuzz and carries
+# exactly this project's files (in make test); deb-test: the packages
+# installed over Debian's in a clean Debian 12 root and used there.
+FULL ?=
+.PHONY: deb check-deb deb-test
+deb: fetch
+	@PS_DEB_FULL='$(FULL)' sh $(PS)/deb.sh build
+
+check-deb: fetch
+	@sh $(PS)/deb.sh check
+
+deb-test:
+	@sh $(PS)/deb-test.sh
+
 # ---- benchmarks -------------------------------------------------------------
 # The stock interpreter the benchmarks compare with: the pristine tree built
 # with the flags of build/$(FLAVOR).
@@ -362,6 +384,10 @@ help:
 	@echo '               sanitizer report fails (QUICK=1: only the perf tests, under the two backends)'
 	@echo '  regrtest     CPython'"'"'s whole "python -m test -j2" on build/fp off, perf, perf_jit and on'
 	@echo '               build/stock-fp; table of the modules that differ from stock (TESTS= for a subset)'
+	@echo '  deb          Debian 12 packages: Debian'"'"'s python3.11 source + our patches, frame pointers,'
+	@echo '               version $(DEB_VERSION)+perf1, in build/deb/ (FULL=1: Debian'"'"'s PGO and LTO too)'
+	@echo '  check-deb    Debian'"'"'s patch series plus ours applies with quilt, no fuzz, exactly our files'
+	@echo '  deb-test     the packages of make deb over Debian'"'"'s in a clean Debian 12 root (mmdebstrap)'
 	@echo '  clean        remove build trees, keep build/download'
 	@echo '  distclean    remove build/'
 	@echo
@@ -373,6 +399,6 @@ help:
 	@echo '  CC=$(CC)   CCACHE=$(CCACHE)   -> $(BUILD_CC)'
 	@echo '  VIEW=$(VIEW)   DATA=$(DATA)   OUT=$(OUT)'
 	@echo '  PYTHON_FOR_REGEN=$(PYTHON_FOR_REGEN)   SCRIPT=$(SCRIPT)   CHECK_PATCH=$(CHECK_PATCH)   ABI_CHECK=$(ABI_CHECK)   SANITIZE_CHECK=$(SANITIZE_CHECK)'
-	@echo '  DESTDIR=$(DESTDIR)   DEB_VERSION=$(DEB_VERSION)'
+	@echo '  DESTDIR=$(DESTDIR)   DEB_VERSION=$(DEB_VERSION)   FULL=$(FULL)'
 	@echo '  SANITIZE=$(SANITIZE)   SANITIZE_TIMEOUT=$(SANITIZE_TIMEOUT)   QUICK=$(QUICK)'
 	@echo '  TESTS=$(TESTS)   REGRTEST_TIMEOUT=$(REGRTEST_TIMEOUT)   REGRTEST_OPTS=$(REGRTEST_OPTS)'

@@ -4,8 +4,8 @@
 # As root on Debian 12 this adds a deb-src entry and the bookworm-backports
 # suite when they are missing, then installs the build dependencies of
 # python3.11, linux-perf 6.12 from bookworm-backports (perf inject --jit
-# needs perf 6.8 or newer), gdb, ccache, autoconf2.69 and abigail-tools,
-# and, when their commands are missing, nodejs and npm (the flame graph
+# needs perf 6.8 or newer), gdb, ccache, autoconf2.69, abigail-tools,
+# quilt (make check-deb) and mmdebstrap (make deb-test), and, when their commands are missing, nodejs and npm (the flame graph
 # template, installed with npm ci) and chromium (the browser check of
 # Tools/perfsupport/test_flamegraph.py).  Anywhere else it prints the exact
 # commands to run and fails.
@@ -14,7 +14,7 @@ set -eu
 PYVER="${PYVER:-3.11.2-6+deb12u8}"
 SOURCES=/etc/apt/sources.list.d/debian.sources
 BACKPORTS=/etc/apt/sources.list.d/perfsupport-backports.sources
-PACKAGES="ccache gdb autoconf2.69 abigail-tools dpkg-dev xz-utils patch rsync valgrind python3"
+PACKAGES="ccache gdb autoconf2.69 abigail-tools dpkg-dev quilt mmdebstrap xz-utils patch rsync valgrind python3"
 # COMMAND:PACKAGE pairs installed only when COMMAND is missing: a node.js
 # from elsewhere (which often brings its own npm and conflicts with Debian's)
 # is kept.

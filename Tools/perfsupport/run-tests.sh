@@ -1,8 +1,8 @@
 #!/bin/sh
 # "make test": build both interpreters, check the generated patches, run the
 # perf tests and the stock suites most likely to be hurt by the patch set,
-# run the perf tests on a sanitizer build, check the binary interface and
-# the exported patch; then print a summary table and the line
+# run the perf tests on a sanitizer build, check the binary interface, the
+# exported patch and the Debian packaging (check-deb); then print a summary table and the line
 # "N passed, M failed" (counting steps).  Every step runs even when an
 # earlier one failed (steps that need a build which failed are skipped);
 # the exit status is 1 if any step failed.  Logs: build/test/<step>.log.
@@ -193,6 +193,8 @@ if [ "$PS_CHECK_PATCH" = no ]; then
 else
     step "check-patch" $PS_MAKE --no-print-directory check-patch
 fi
+
+step "check-deb" $PS_MAKE --no-print-directory check-deb
 
 # ---- summary ------------------------------------------------------------------
 passed=$(awk -F'\t' '$2 == "passed"' "$results" | wc -l)
