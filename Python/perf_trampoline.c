@@ -79,6 +79,9 @@
  * bytes a trampoline on x86-64 under the perf map.  A trampoline made for
  * the map and later described in a jitdump moves to a roomier slot.
  *
+ * A forked child never adds trampolines to an arena it inherited: see
+ * _PyPerfTrampoline_AfterForkChild().
+ *
  * Slots are never reused, and arenas are never unmapped, not even when the
  * interpreter is finalised: perf names a sample by its address, so an
  * address must keep one name for the life of the process, and any thread's
@@ -154,7 +157,7 @@
 
 #include <errno.h>                  // errno
 #include <stdint.h>                 // uintptr_t
-#include <string.h>                 // memcpy()
+#include <string.h>                 // memcpy(), memset()
 
 #ifdef PY_HAVE_PERF_TRAMPOLINE
 #  include <pthread.h>              // pthread_getattr_np()
@@ -1142,6 +1145,15 @@ void
 _PyPerfTrampoline_AfterForkChild(void)
 {
     PyThreadState *tstate = _PyThreadState_GET();
+    /* The child's new trampolines go to arenas of its own.  perf gives a
+       forked child the parent's view of its mappings: a sample in an
+       inherited arena is named from the parent's map.  Were the child to
+       go on filling an inherited arena, its new trampolines would take the
+       very addresses at which the parent, filling its own copy, names other
+       functions.  An arena the child maps is the child's in perf's eyes
+       (named from its own map); the inherited ones keep the parent's
+       names, which are right for the trampolines made before the fork. */
+    memset(perf_state.filling, 0, sizeof(perf_state.filling));
     /* Every backend lets the parent's output go, active or not: the map
        may hold C code's lines, and a persistent copy is made whatever is
        active. */

@@ -157,5 +157,61 @@ class TestRealPerfJit(RealPerfChecks, RealPerfTestCase):
         return injected
 
 
+# The parent and its child each make a trampoline after fork(): perf names
+# the child's samples in the arenas it inherited from the parent's map.
+FORK_SCRIPT = """\
+import os, time
+def spin():
+    x = 0
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        for i in range(1000):
+            x += i
+def parent_after_fork():
+    spin()
+def child_after_fork():
+    spin()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(r, 1)                       # after the parent's new trampoline
+    child_after_fork()
+    os._exit(0)
+parent_after_fork()
+os.write(w, b"x")
+os.waitpid(pid, 0)
+print(os.getpid(), pid, flush=True)
+"""
+
+
+@unittest.skipUnless(HAS_FRAME_POINTERS,
+                     "built without frame pointers: perf record -g cannot "
+                     "walk the interpreter")
+class TestRealPerfFork(RealPerfTestCase):
+    """perf record -g of a program that forks: each process's samples are
+    named after its own functions."""
+
+    def test_child_functions_named(self):
+        script = self.make_script(FORK_SCRIPT)
+        data = os.path.join(self.tmp, "perf.data")
+        proc = self.perf_run("record", *self.call_graph, "-o", data, "--",
+                             sys.executable, "-I", "-X", "perf", script)
+        pids = [int(p) for p in proc.stdout.split()]
+        for pid in pids:
+            self.forget_pid(pid)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        parent, child = pids
+        text = self.perf_run("script", "-i", data, "--no-inline"
+                             ).stdout.decode(errors="replace")
+        child_stacks = perf_stacks(text, child)
+        parent_stacks = perf_stacks(text, parent)
+        def named(stacks, qualname):
+            return [s for s in stacks if f"py::{qualname}:{script}" in s]
+        self.assertGreater(len(named(child_stacks, "child_after_fork")), 20)
+        self.assertEqual(named(child_stacks, "parent_after_fork"), [])
+        self.assertGreater(len(named(parent_stacks, "parent_after_fork")), 20)
+        self.assertEqual(named(parent_stacks, "child_after_fork"), [])
+
+
 if __name__ == "__main__":
     unittest.main()
