@@ -10,7 +10,7 @@ concern a module:
                       warnings, subinterpreters
     test_perf_map     the map: names and format, fork, threads,
                       persistence after fork, a C extension writing it,
-                      stress
+                      interpreters that multiprocessing starts, stress
     test_behaviour    generators, coroutines, specialised calls, programs
                       that behave as without profiling
     test_jitdump      the jitdump of perf_jit

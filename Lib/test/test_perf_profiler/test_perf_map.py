@@ -226,6 +226,74 @@ class TestFork(PerfTestCase):
         self.assertNoMap(child)
 
 
+# ---- Interpreters the standard library starts ------------------------------
+
+# A worker started by multiprocessing with the method given as argument; it
+# sends its pid back through a pipe (no semaphore: no resource tracker for
+# spawn).  Every helper interpreter reports its pid as "pid=N", so that the
+# test removes its files.
+MULTIPROCESSING_SCRIPT = """\
+import multiprocessing, os, subprocess, sys
+
+def in_worker(conn):
+    conn.send(os.getpid())
+    conn.close()
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    recv, send = ctx.Pipe(duplex=False)
+    worker = ctx.Process(target=in_worker, args=(send,))
+    worker.start()
+    print(f"pid={recv.recv()}", flush=True)
+    worker.join()
+    from multiprocessing import forkserver, resource_tracker
+    for helper in (forkserver._forkserver._forkserver_pid,
+                   resource_tracker._resource_tracker._pid):
+        if helper is not None:
+            print(f"pid={helper}", flush=True)
+    print("exit", worker.exitcode)
+    print("args", subprocess._args_from_interpreter_flags())
+"""
+
+
+@support.requires_fork()
+class TestStartedInterpreters(PerfTestCase):
+    """-X perf and -X perf_jit reach the interpreters that multiprocessing
+    starts with spawn and forkserver, as -X dev does."""
+
+    def run_workers(self, method, *xoptions):
+        script = self.make_script(MULTIPROCESSING_SCRIPT)
+        res = self.run_ok(*xoptions, script, method)
+        out = res.out.decode()
+        self.assertIn("exit 0", out)
+        worker = int(re.search(r"pid=(\d+)", out).group(1))
+        return out, worker, script
+
+    def check_named(self, method):
+        out, worker, script = self.run_workers(method, "-X", "perf")
+        self.assertIn("'-X', 'perf'", out)
+        self.assertNamedOnce(self.read_map(worker), "in_worker",
+                             filename=script)
+
+    def test_spawn(self):
+        self.check_named("spawn")
+
+    def test_forkserver(self):
+        self.check_named("forkserver")
+
+    def test_spawn_perf_jit(self):
+        out, worker, script = self.run_workers("spawn", "-X", "perf_jit")
+        self.assertIn("'-X', 'perf_jit'", out)
+        self.assertIn(entry_name("in_worker", script),
+                      self.jitdump_names(worker))
+        self.assertNoMap(worker)
+
+    def test_not_asked(self):
+        out, worker, script = self.run_workers("spawn")
+        self.assertNotIn("perf", out)
+        self.assertNoMap(worker)
+
+
 # ---- Threads ----------------------------------------------------------------
 
 THREADS_SCRIPT = """\
