@@ -283,6 +283,12 @@ check-deb: fetch
 deb-test:
 	@sh $(PS)/deb-test.sh
 
+# The benchmark suite in that root: Debian's python3.11 as "stock" against
+# ours with the perf support off, on and the rest (build/deb/bench.md).
+.PHONY: deb-bench
+deb-bench:
+	@sh $(PS)/deb-test.sh --bench
+
 # ---- benchmarks -------------------------------------------------------------
 # The stock interpreter the benchmarks compare with: the pristine tree built
 # with the flags of build/$(FLAVOR).
@@ -388,6 +394,7 @@ help:
 	@echo '               version $(DEB_VERSION)+perf1, in build/deb/ (FULL=1: Debian'"'"'s PGO and LTO too)'
 	@echo '  check-deb    Debian'"'"'s patch series plus ours applies with quilt, no fuzz, exactly our files'
 	@echo '  deb-test     the packages of make deb over Debian'"'"'s in a clean Debian 12 root (mmdebstrap)'
+	@echo '  deb-bench    benchmarks in that root: Debian'"'"'s python3.11 against ours (build/deb/bench.md)'
 	@echo '  clean        remove build trees, keep build/download'
 	@echo '  distclean    remove build/'
 	@echo

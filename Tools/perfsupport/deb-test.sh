@@ -3,6 +3,10 @@
 # a clean Debian 12 root, checked as a user would use them.
 #
 #   deb-test.sh [DEB_DIR]          (default build/deb)
+#   deb-test.sh --bench [DEB_DIR]  "make deb-bench": the benchmark suite in
+#                                  the root, Debian's python3.11 as "stock"
+#                                  against ours (its files unpacked under
+#                                  /opt/perf), report build/deb/bench.md
 #
 # 1. The root: mmdebstrap --variant=apt bookworm, with Debian's python3.11
 #    at the version our packages are made from (3.11.2-6+deb12u8) and the
@@ -26,6 +30,11 @@ PS_TAG=deb-test
 clean_python_env
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+mode=test
+if [ "${1:-}" = --bench ]; then
+    mode=bench
+    shift
+fi
 : "${PS_DEB_VERSION:=3.11.2-6+deb12u8}"
 DEBS=$(cd "${1:-$PS_BUILD/deb}" 2>/dev/null && pwd) || die "no ${1:-$PS_BUILD/deb}: run 'make deb'"
 ls "$DEBS"/*.deb >/dev/null 2>&1 || die "no .deb files in $DEBS: run 'make deb'"
@@ -42,7 +51,7 @@ BASE=$W/root-base.tar
 # that one must stay "newer" than ours, which test_deb_root.py checks).
 V=$PS_DEB_VERSION
 PKGS="python3.11=$V,python3.11-minimal=$V,libpython3.11=$V,libpython3.11-minimal=$V,libpython3.11-stdlib=$V,python3.11-venv=$V"
-PKGS="$PKGS,python3-yaml,python3-numpy,python3-lxml,python3-wheel-whl,gdb,linux-perf/bookworm-backports"
+PKGS="$PKGS,python3-yaml,python3-numpy,python3-lxml,python3-wheel-whl,gdb,valgrind,linux-perf/bookworm-backports"
 
 # This machine's apt sources, binary packages only.
 SOURCES=$W/root.sources
@@ -77,16 +86,52 @@ tar -C "$ROOT" -xf "$BASE"
 mkdir -p "$ROOT/var/cache/perf-debs"
 cp "$DEBS"/*.deb "$ROOT/var/cache/perf-debs/"
 
+# in_root COMMAND...: run COMMAND (a host command) in a mount namespace
+# where the root has /proc, /sys, /dev and this machine's /tmp.
+in_root() {
+    unshare --mount --propagation private sh -c '
+        set -e
+        root=$1; shift
+        mount -t proc proc "$root/proc"
+        mount --rbind /sys "$root/sys"
+        mount --rbind /dev "$root/dev"
+        mount --bind /tmp "$root/tmp"
+        if [ -n "${BENCH_DIR:-}" ]; then
+            mkdir -p "$root/opt/bench"
+            mount --bind "$BENCH_DIR" "$root/opt/bench"
+        fi
+        exec "$@"
+    ' deb-test "$ROOT" "$@"
+}
+
+if [ $mode = bench ]; then
+    # Ours next to Debian's: the interpreter and its library, unpacked.
+    for p in python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3.11; do
+        f=$(ls "$DEBS/${p}_"*.deb 2>/dev/null | head -n 1)
+        [ -n "$f" ] || die "no $p .deb in $DEBS"
+        dpkg-deb -x "$f" "$ROOT/opt/perf"
+    done
+    out=$(mktemp -d /tmp/deb-bench.XXXXXX)
+    rc=0
+    export BENCH_DIR="$PS_TOP/Tools/bench"
+    in_root chroot "$ROOT" env -i PATH=/usr/bin:/bin HOME=/root \
+        python3 /opt/bench/run.py --stock /usr/bin/python3.11 \
+        --patched /opt/perf/usr/bin/python3.11 ${PS_DEB_BENCH_OPTS:---quick --callgrind} \
+        --out "$out/report.md" || rc=$?
+    [ $rc -eq 0 ] || { rm -rf "$out"; die "the benchmark failed in the root (kept: $ROOT)"; }
+    {
+        echo "Debian's python3.11 $V (stock) against ours, $(basename "$(ls "$DEBS"/python3.11_*.deb | head -n 1)" .deb)"
+        echo "(unpacked under /opt/perf), in a Debian 12 root, $(date -u +%Y-%m-%d)."
+        echo
+        cat "$out/report.md"
+    } > "$W/bench.md"
+    rm -rf "$out" "$ROOT"
+    say "report: $W/bench.md"
+    exit 0
+fi
+
 rc=0
-unshare --mount --propagation private sh -c '
-    set -e
-    root=$1; shift
-    mount -t proc proc "$root/proc"
-    mount --rbind /sys "$root/sys"
-    mount --rbind /dev "$root/dev"
-    mount --bind /tmp "$root/tmp"
-    exec "$@"
-' deb-test "$ROOT" python3 "$HERE/deb/test_deb_root.py" "$ROOT" "$HERE/demo.py" "$V" || rc=$?
+in_root python3 "$HERE/deb/test_deb_root.py" "$ROOT" "$HERE/demo.py" "$V" || rc=$?
 secs=$(( $(date +%s) - t0 ))
 if [ $rc -ne 0 ]; then
     die "the root test failed after ${secs}s (the root is kept: chroot $ROOT)"

@@ -5,7 +5,8 @@
 #   deb.sh check   "make check-deb": the same from scratch in build/deb/check,
 #                  and the proof that it carries exactly this project's changes
 #   deb.sh build   "make deb": dpkg-buildpackage in the package tree; the .deb
-#                  files land in build/deb/
+#                  files land in build/deb/; then "sizes"
+#   deb.sh sizes   build/deb/sizes.md: each .deb's size next to Debian's own
 #
 # The package tree is Debian's own source package python3.11 (the .dsc and
 # .debian.tar.xz that "make fetch" downloaded next to the orig tarball;
@@ -143,6 +144,37 @@ changelog_entry() {
     mv "$1/debian/changelog.new" "$1/debian/changelog"
 }
 
+# sizes: the size of each of our .deb files next to Debian's own of the
+# same version (apt-get download into build/deb/debian/), as a Markdown
+# table in build/deb/sizes.md.
+sizes() {
+    D=$DEB/debian
+    mkdir -p "$D"
+    out=$DEB/sizes.md
+    {
+        echo "| package | Debian $PS_DEB_VERSION | $PS_DEB_VERSION$PS_DEB_SUFFIX | ratio |"
+        echo "|---|---:|---:|---:|"
+    } > "$out"
+    for f in "$DEB"/*.deb; do
+        pkg=$(dpkg-deb -f "$f" Package)
+        arch=$(dpkg-deb -f "$f" Architecture)
+        theirs=$D/${pkg}_$(printf '%s' "$PS_DEB_VERSION" | sed 's/:/%3a/')_$arch.deb
+        if [ ! -f "$theirs" ]; then
+            (cd "$D" && apt-get download -q "$pkg=$PS_DEB_VERSION") > "$D/download.log" 2>&1 || true
+        fi
+        ours_kib=$(( $(stat -c %s "$f") / 1024 ))
+        if [ -f "$theirs" ]; then
+            theirs_kib=$(( $(stat -c %s "$theirs") / 1024 ))
+            ratio=$(awk -v a="$ours_kib" -v b="$theirs_kib" 'BEGIN { printf "%.2f", a / b }')
+            echo "| $pkg | $theirs_kib KiB | $ours_kib KiB | $ratio |"
+        else
+            echo "| $pkg | (not downloaded) | $ours_kib KiB | |"
+        fi
+    done >> "$out"
+    say "sizes of the packages, ours next to Debian's ($out):"
+    indent "$out"
+}
+
 cmd=${1:-}
 case "$cmd" in
 tree)
@@ -215,11 +247,14 @@ build)
     mv "$DEB/src"/*.buildinfo "$DEB/src"/*.changes "$DEB/" 2>/dev/null || true
     secs=$(( $(date +%s) - t0 ))
     echo "$secs" > "$DEB/build.seconds"
-    say "built in ${secs}s with DEB_BUILD_OPTIONS='$opts':"
-    (cd "$DEB" && ls -s --block-size=K -- *.deb) | indent
+    say "built in ${secs}s with DEB_BUILD_OPTIONS='$opts'"
+    sizes
+    ;;
+sizes)
+    sizes
     ;;
 *)
-    echo "usage: $0 tree|check|build" >&2
+    echo "usage: $0 tree|check|build|sizes" >&2
     exit 2
     ;;
 esac
