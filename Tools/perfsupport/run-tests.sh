@@ -27,7 +27,8 @@ export LD_LIBRARY_PATH="$PS_BUILD/fp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # (CPython's convention); "make test" has installed them: such a skip fails.
 export PERF_TESTS_REQUIRE_TOOLS=1
 
-STOCK="test_sys test_embed test_cmd_line test_capi test_os test_threading test_sysconfig test_gdb test_subprocess test_signal"
+# (test_sys, test_threading and test_signal run in UNDER_PERF, twice.)
+STOCK="test_embed test_cmd_line test_capi test_os test_sysconfig test_gdb test_subprocess"
 # The suites that cover what the fast calls under the perf trampoline must
 # keep exactly as stock 3.11 does: tracing and profiling hooks, recursion,
 # exceptions and tracebacks, frames, generators, coroutines, threads, and
@@ -118,7 +119,7 @@ perf_tests_step() {
     else
         # shellcheck disable=SC2086
         step "$_name" in_dir "$PS_BUILD/$_flavor" \
-            env LD_LIBRARY_PATH="$PS_BUILD/$_flavor" ./python -m test -v \
+            env LD_LIBRARY_PATH="$PS_BUILD/$_flavor" ./python -m test -j2 -v \
             "$@" $_tests
     fi
 }
