@@ -172,6 +172,12 @@ _PyPerfTrampoline_InitFromConfig(PyThreadState *tstate)
         return;
     }
     const PyConfig *config = _PyInterpreterState_GetConfig(tstate->interp);
+    /* Switched from outside later on, whatever starts now. */
+    if (config->use_environment
+        && switch_from_environment("PYTHON_PERF_REMOTE") == 1)
+    {
+        _PyPerfRemote_Start(tstate);
+    }
     if (config->use_environment
         && switch_from_environment("PYTHON_PERF_GDB") == 0)
     {

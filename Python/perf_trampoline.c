@@ -1197,13 +1197,21 @@ _PyPerfTrampoline_AfterForkChild(void)
 void
 _PyPerfTrampoline_AfterForkChildHooks(void)
 {
-    perf_state.child_at_fork = 0;
+    /* A child that will exec() names nothing, to the end. */
+    perf_state.child_at_fork = perf_state.will_exec;
+    if (perf_state.will_exec) {
+        _PyPerfRemote_ChildWillExec();
+    }
+    else {
+        _PyPerfRemote_AfterForkChild(_PyThreadState_GET());
+    }
 }
 
 void
 _PyPerfTrampoline_ChildWillExec(void)
 {
-    /* Not undone: the child ends in exec() or _exit(). */
+    /* Called before PyOS_AfterFork_Child(), whose hooks see it; not
+       undone: the child ends in exec() or _exit(). */
     perf_state.child_at_fork = 1;
     perf_state.will_exec = 1;
 }
@@ -1251,6 +1259,8 @@ PyUnstable_PerfTrampoline_SetPersistAfterFork(int enable)
 
 /* Platforms without the assembly template: the API exists and says so. */
 
+static int will_exec;       // see _PyPerfTrampoline_ChildWillExec()
+
 int
 _PyPerfTrampoline_IsActive(PyInterpreterState *interp)
 {
@@ -1291,11 +1301,18 @@ _PyPerfTrampoline_AfterForkChild(void)
 void
 _PyPerfTrampoline_AfterForkChildHooks(void)
 {
+    if (will_exec) {
+        _PyPerfRemote_ChildWillExec();
+    }
+    else {
+        _PyPerfRemote_AfterForkChild(_PyThreadState_GET());
+    }
 }
 
 void
 _PyPerfTrampoline_ChildWillExec(void)
 {
+    will_exec = 1;
 }
 
 void

@@ -200,6 +200,19 @@ extern PyObject * _PyPerfTrampoline_SysActivate(const char *backend);
 extern PyObject * _PyPerfTrampoline_SysDeactivate(void);
 
 
+/* ---- Switching from outside the process (Python/perf_remote.c) ---- */
+
+/* PYTHON_PERF_REMOTE=1: start the thread that takes switches from
+   Tools/perf/perf_switch.py (main interpreter, at start-up). */
+extern void _PyPerfRemote_Start(PyThreadState *tstate);
+/* Called by _PyPerfTrampoline_AfterForkChildHooks(): the child takes
+   switches for its own pid. */
+extern void _PyPerfRemote_AfterForkChild(PyThreadState *tstate);
+/* Called by _PyPerfTrampoline_ChildWillExec(), in a child of subprocess
+   that runs preexec_fn before exec(): it takes no switch. */
+extern void _PyPerfRemote_ChildWillExec(void);
+
+
 /* ---- The trampolines (Python/perf_trampoline.c) ---- */
 
 /* Reserve interp's co_extra index (see "Memory" in perf_trampoline.c).
@@ -247,9 +260,10 @@ extern void _PyPerfTrampoline_AfterForkParent(void);
    after-fork hooks (code run between them is not named). */
 extern void _PyPerfTrampoline_AfterForkChild(void);
 extern void _PyPerfTrampoline_AfterForkChildHooks(void);
-/* Called by Modules/_posixsubprocess.c in a child that runs preexec_fn
-   and then exec()s another program: nothing it runs is named, so that the
-   program it becomes (the same pid) finds no map or dump of this one. */
+/* Called by Modules/_posixsubprocess.c, before PyOS_AfterFork_Child(), in
+   a child that runs preexec_fn and then exec()s another program: nothing it
+   runs is named, so that the program it becomes (the same pid) finds no map
+   or dump of this one, and it takes no switch from outside. */
 PyAPI_FUNC(void) _PyPerfTrampoline_ChildWillExec(void);
 
 /* Calls run through the hook and a trampoline only near the top of a

@@ -29,7 +29,7 @@ from test.support import import_helper, os_helper, threading_helper
 from test.test_perf_profiler import test_failures
 from test.test_perf_profiler.util import (
     CHILD_PREAMBLE, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
-    PerfTestCase, entry_name, jitdump_path, map_path)
+    PerfTestCase, entry_name, jitdump_path, map_path, probe_once)
 
 
 BACKENDS = ("perf", "perf_jit")
@@ -47,19 +47,6 @@ def describe_status(rc):
         except ValueError:
             return f"was killed by signal {-rc}"
     return f"exited with {rc}"
-
-
-def probe_once(cls, cmd, what):
-    """Run cmd the first time a test of cls asks; return "" if it worked,
-    or why it did not (remembered in cls.namespace_error)."""
-    if cls.namespace_error is None:
-        proc = subprocess.run(cmd, capture_output=True,
-                              stdin=subprocess.DEVNULL,
-                              timeout=SUBPROCESS_TIMEOUT)
-        cls.namespace_error = "" if proc.returncode == 0 else (
-            f"cannot {what} (exit code {proc.returncode}): "
-            f"{proc.stderr.decode(errors='replace')}")
-    return cls.namespace_error
 
 
 class HardeningTestCase(PerfTestCase):

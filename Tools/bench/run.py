@@ -5,7 +5,7 @@
                                [--quick] [--rounds N] [--only a,b]
                                [--out FILE.md] [--callgrind]
 
-Five configurations run every benchmark:
+Six configurations run every benchmark:
 
     stock     the stock interpreter
     off       the patched interpreter, profiling off
@@ -14,9 +14,11 @@ Five configurations run every benchmark:
               hook installed the way any PEP 523 hook is, so Python-to-Python
               calls go through vectorcall (the "generic road" design)
     jit       patched, -X perf_jit (/tmp/jit-PID.dump)
+    remote    patched, PYTHON_PERF_REMOTE=1 (the opt-in to switches from
+              outside: a control thread waits for them), profiling off
 
-and four ratios are reported (B/A; above 1 means B is slower or bigger):
-off/stock, perf/off, generic/off, jit/off.
+and five ratios are reported (B/A; above 1 means B is slower or bigger):
+off/stock, perf/off, generic/off, jit/off, remote/off.
 
 Runs are interleaved: each round runs every benchmark once in each
 configuration, in an order that rotates from round to round, and a ratio is
@@ -78,13 +80,14 @@ STARTUP = ("startup", "startup_imports")
 CALLGRIND_BENCHMARKS = ("fib", "tree_walk", "closures", "generators",
                         "exceptions")
 
-CONFIGS = ["stock", "off", "perf", "generic", "jit"]
+CONFIGS = ["stock", "off", "perf", "generic", "jit", "remote"]
 COMPARISONS = [
     # (column title, numerator B, denominator A)
     ("patched/stock", "off", "stock"),
     ("perf/off", "perf", "off"),
     ("generic/off", "generic", "off"),
     ("perf_jit/off", "jit", "off"),
+    ("remote/off", "remote", "off"),
 ]
 CONFIG_DOC = {
     "stock": "stock 3.11.2",
@@ -92,6 +95,7 @@ CONFIG_DOC = {
     "perf": "patched, -X perf",
     "generic": "patched, -X perf, BENCH_GENERIC_CALLS=1 (_harness.py)",
     "jit": "patched, -X perf_jit",
+    "remote": "patched, PYTHON_PERF_REMOTE=1, profiling off",
 }
 
 TIMEOUT = 300
@@ -523,6 +527,8 @@ def main():
     interps["generic"] = Interpreter("generic", opts.patched, ["-X", "perf"],
                                      {"BENCH_GENERIC_CALLS": "1"})
     interps["jit"] = Interpreter("jit", opts.patched, ["-X", "perf_jit"], {})
+    interps["remote"] = Interpreter("remote", opts.patched, [],
+                                    {"PYTHON_PERF_REMOTE": "1"})
     for i in interps.values():
         if not os.access(i.executable, os.X_OK):
             parser.error("not an executable: %s" % i.executable)

@@ -167,3 +167,10 @@ sed -n 's/^\[flamegraph\] Firefox Profiler: //p' "$OUT/flamegraph.log" \
     | while IFS= read -r path; do
         say "Firefox Profiler format: $path (in the Firefox Profiler: Load a profile from file)"
     done
+
+# ---- which mode -------------------------------------------------------------------
+say "which mode: -X perf with perf record -g needs frame pointers in every native frame on the stack;"
+say "    samples inside libraries built without them (most of a distribution's: zlib, OpenSSL, BLAS)"
+say "    lose their Python callers. -X perf_jit with perf record --call-graph dwarf -k 1 and"
+say "    perf inject --jit keeps them, with recordings hundreds of times larger"
+say "    (Doc/howto/perf_profiling.rst, \"Which mode for which program\"; Tools/bench/native_modes.py)"

@@ -16,7 +16,15 @@ concern a module:
     test_jitdump      the jitdump of perf_jit
     test_failures     hostile /tmp, a full disk, an unwritable /tmp, a
                       failed backend switch
-    test_real_perf    the real perf reading the map and the jitdump
+    test_real_perf    the real perf reading the map and the jitdump,
+                      and samples inside a native library without frame
+                      pointers
+    test_remote       switching a running process on and off from outside
+                      (PYTHON_PERF_REMOTE, Tools/perf/perf_switch.py), a
+                      pre-forking server recorded system-wide
+    test_containers   a process in its own namespaces recorded from the
+                      host and reported after it exited
+                      (Tools/perf/perf_record_ns.py)
 
 util holds what they share (PerfTestCase, the readers of the files, the
 paths, the parser of perf script output); test_perfmaps and

@@ -288,6 +288,18 @@ class TestStartedInterpreters(PerfTestCase):
                       self.jitdump_names(worker))
         self.assertNoMap(worker)
 
+    def test_last_option_wins(self):
+        # As in the parent, the last of -X perf and -X perf_jit wins.
+        out, worker, script = self.run_workers("spawn", "-X", "perf_jit",
+                                               "-X", "perf")
+        self.assertNamedOnce(self.read_map(worker), "in_worker",
+                             filename=script)
+        self.assertFalse(os.path.exists(jitdump_path(worker)))
+        out, worker, script = self.run_workers("spawn", "-X", "perf_jit=0",
+                                               "-X", "perf")
+        self.assertNamedOnce(self.read_map(worker), "in_worker",
+                             filename=script)
+
     def test_not_asked(self):
         out, worker, script = self.run_workers("spawn")
         self.assertNotIn("perf", out)

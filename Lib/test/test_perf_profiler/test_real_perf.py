@@ -4,11 +4,13 @@ with the perf map (TestRealPerf, which needs frame pointers), perf record
 (TestRealPerfJit)."""
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
 import unittest
 
+from test.support import import_helper
 from test.test_perf_profiler.util import (
     MIN_COMPLETE_SHARE, PERF, PERF_TIMEOUT, PerfTestCase, count_chains,
     perf_stacks)
@@ -133,11 +135,10 @@ class TestRealPerf(RealPerfChecks, RealPerfTestCase):
     backend = "perf"
 
 
-class TestRealPerfJit(RealPerfChecks, RealPerfTestCase):
-    """perf record --call-graph dwarf + perf inject --jit with the jitdump:
-    what builds without frame pointers rely on (perf 6.8 or newer)."""
+class RealPerfJitTestCase(RealPerfTestCase):
+    """perf record --call-graph dwarf + perf inject --jit (perf 6.8 or
+    newer)."""
 
-    backend = "perf_jit"
     call_graph = ("-F", "499", "-k", "1", "--call-graph", "dwarf,65528")
 
     def setUp(self):
@@ -211,6 +212,69 @@ class TestRealPerfFork(RealPerfTestCase):
         self.assertEqual(named(child_stacks, "parent_after_fork"), [])
         self.assertGreater(len(named(parent_stacks, "parent_after_fork")), 20)
         self.assertEqual(named(parent_stacks, "child_after_fork"), [])
+
+
+class TestRealPerfJit(RealPerfChecks, RealPerfJitTestCase):
+    """perf record --call-graph dwarf + perf inject --jit with the jitdump:
+    what builds without frame pointers rely on."""
+
+    backend = "perf_jit"
+
+
+# A program that spends its time in a native library of the system: zlib,
+# which distributions build without frame pointers.
+NATIVE_SCRIPT = """\
+import os, time, zlib
+print(os.getpid(), flush=True)
+TEXT = b"the quick brown fox jumps over the lazy dog " * 40000
+def compress_for_a_while():
+    end = time.process_time() + 0.4
+    while time.process_time() < end:
+        zlib.compress(TEXT, 9)
+compress_for_a_while()
+"""
+
+
+class TestNativeLibraryCallers(RealPerfJitTestCase):
+    """With -X perf_jit and DWARF call graphs, the samples taken inside a
+    native library built without frame pointers keep their Python caller
+    (with -X perf and perf record -g they lose it: see the howto's table,
+    made by Tools/bench/native_modes.py)."""
+
+    def test_zlib_samples_name_the_caller(self):
+        import_helper.import_module("zlib")
+        script = self.make_script(NATIVE_SCRIPT)
+        data = os.path.join(self.tmp, "perf.data")
+        proc = self.perf_run("record", *self.call_graph, "-o", data, "--",
+                             sys.executable, "-I", "-X", "perf_jit", script)
+        out = proc.stdout.decode(errors="replace").split()
+        if out and out[0].isdigit():
+            self.forget_pid(out[0])
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        pid = int(out[0])
+        text = self.perf_run("script", "-i", self.samples_of(data),
+                             "-F", "comm,pid,ip,sym,dso").stdout.decode(
+                                 errors="replace")
+        in_zlib = [s for s in perf_stacks_with_dso(text, pid)
+                   if "libz.so" in s[0]]
+        self.assertGreater(len(in_zlib), 20, "few samples inside libz")
+        named = [s for s in in_zlib
+                 if any(f"py::compress_for_a_while:{script}" in f
+                        for f in s)]
+        self.assertGreater(len(named), len(in_zlib) * 0.9,
+                           f"{len(named)} of {len(in_zlib)} samples in libz "
+                           f"name their Python caller")
+
+
+def perf_stacks_with_dso(text, pid):
+    """Like perf_stacks(), but each frame is the whole line, shared object
+    included."""
+    stacks = []
+    for block in re.split(r"\n[ \t]*\n", text):
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].split()[1:2] == [str(pid)]:
+            stacks.append(lines[1:])
+    return stacks
 
 
 if __name__ == "__main__":

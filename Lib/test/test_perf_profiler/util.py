@@ -579,3 +579,16 @@ def count_chains(stacks, filename, qualnames):
 # unshare(1), for a private mount namespace (test_failures.TestPrivateTmp
 # and test_perf_hardening).
 UNSHARE = shutil.which("unshare")
+
+
+def probe_once(cls, cmd, what):
+    """Run cmd the first time a test of cls asks; return "" if it worked,
+    or why it did not (remembered in cls.namespace_error)."""
+    if cls.namespace_error is None:
+        proc = subprocess.run(cmd, capture_output=True,
+                              stdin=subprocess.DEVNULL,
+                              timeout=SUBPROCESS_TIMEOUT)
+        cls.namespace_error = "" if proc.returncode == 0 else (
+            f"cannot {what} (exit code {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')}")
+    return cls.namespace_error

@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""perf record, keeping the perf maps and jitdumps of processes in containers.
+
+    perf_record_ns.py [-v] -- perf record [OPTIONS] [-- COMMAND ...]
+
+Run on the host, as root, instead of "perf record": the same recording, and
+afterwards "perf report", "perf script" and "perf inject --jit" name the
+Python functions of processes that ran in their own PID and mount
+namespaces (containers), even when those processes, and their /tmp, are
+long gone by then.
+
+The problem: a Python process with -X perf in a container writes
+/tmp/perf-NSPID.map in its own /tmp, under the pid it has in its own PID
+namespace.  perf, on the host, looks for /tmp/perf-HOSTPID.map; it finds the
+container's file itself only while the process is alive.  A jitdump has the
+same problem, and one more: perf inject --jit ignores a marker
+/tmp/jit-NSPID.dump of a process whose host pid is not NSPID.
+
+What this does:
+  - while perf records, it watches processes start (the kernel's process
+    events connector; a scan of /proc every 50 ms if that is not
+    available).  For each process in another mount or PID namespace it
+    notes the pid in that namespace and opens that process's /tmp (held
+    open, the directory stays readable after the process and its
+    namespaces are gone, even a tmpfs);
+  - when perf record ends, for each such process that wrote a map or a
+    dump there, it copies /tmp/perf-NSPID.map to this host's
+    /tmp/perf-HOSTPID.map, and /tmp/jit-NSPID.dump to
+    /tmp/jit-HOSTPID.dump with its pids changed to the host pid;
+  - if it copied a jitdump, it rewrites the perf.data file so that the
+    marker of that process names the host copy (perf inject -o - turns the
+    file into a stream, this script changes the marker records, perf inject
+    -i - writes the file again).
+
+Copies are written to new files renamed over the host's names: a stale
+file of an earlier process with the same pid is replaced, a link is never
+followed, and a copy interrupted by Ctrl-C leaves nothing.  The files of a
+process that has the pid by then are left alone, and a container's file
+over 1 GiB is not copied.  A process that ends before this script has seen
+it (a few milliseconds) is missed; with -v the script says what it kept.
+
+Exit status: that of perf record, or 1 if keeping the files failed.
+"""
+
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+VERBOSE = False
+
+# ---- Namespaces and /proc ---------------------------------------------------
+
+
+def log(msg):
+    if VERBOSE:
+        print(f"perf_record_ns: {msg}", file=sys.stderr, flush=True)
+
+
+def namespace_ids(pid):
+    """(mount namespace inode, PID namespace inode) of pid."""
+    return (os.stat(f"/proc/{pid}/ns/mnt").st_ino,
+            os.stat(f"/proc/{pid}/ns/pid").st_ino)
+
+
+def start_time(pid):
+    """When process pid started (clock ticks since boot), or None if there
+    is no such process: tells a process from a later one with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def inner_pid(pid):
+    """The pid of process pid in its own (innermost) PID namespace."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("NStgid:"):
+                return int(line.split()[-1])
+    return pid
+
+
+class Tracker:
+    """The processes of other namespaces seen so far, and their /tmp."""
+
+    def __init__(self):
+        self.ours = namespace_ids("self")
+        self.lock = threading.Lock()
+        self.processes = {}     # host pid -> (inner pid, tmp key)
+        self.tmp_dirs = {}      # (st_dev, st_ino) -> O_PATH descriptor
+
+    def close(self):
+        for fd in self.tmp_dirs.values():
+            os.close(fd)
+        self.tmp_dirs.clear()
+
+    def see(self, pid):
+        """Note pid if it lives in another namespace (again after an exec:
+        its /tmp may have changed since its fork)."""
+        try:
+            if namespace_ids(pid) == self.ours:
+                return
+            started = start_time(pid)
+            nspid = inner_pid(pid)
+            fd = os.open(f"/proc/{pid}/root/tmp",
+                         os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return              # gone already, or not ours to look at
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self.lock:
+            if key in self.tmp_dirs:
+                os.close(fd)
+            else:
+                self.tmp_dirs[key] = fd
+            if self.processes.get(pid, ())[:2] != (nspid, key) \
+                    and nspid != pid:
+                log(f"process {pid} is {nspid} in its namespaces")
+            self.processes[pid] = (nspid, key, started)
+
+    def scan(self):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                self.see(int(name))
+
+
+# ---- Watching processes start -------------------------------------------------
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+NLMSG_DONE = 3
+PROC_EVENT_FORK = 0x00000001
+PROC_EVENT_EXEC = 0x00000002
+
+
+class EventWatcher(threading.Thread):
+    """The kernel's process events connector (root): every fork and exec."""
+
+    def __init__(self, tracker):
+        super().__init__(daemon=True)
+        self.tracker = tracker
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                  NETLINK_CONNECTOR)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                 4 << 20)
+            self.sock.bind((0, CN_IDX_PROC))
+            op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+            cn_msg = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 0, 0,
+                                 len(op), 0) + op
+            self.sock.send(struct.pack("=IHHII", 16 + len(cn_msg),
+                                       NLMSG_DONE, 0, 0, 0) + cn_msg)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def run(self):
+        while not self.stopping.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = self.sock.recv(65536)
+            except OSError:     # ENOBUFS: events lost; go on
+                continue
+            self.handle(data)
+        self.sock.close()
+
+    def handle(self, data):
+        offset = 0
+        while offset + 16 <= len(data):
+            length = struct.unpack_from("=I", data, offset)[0]
+            if length < 16:
+                return
+            # nlmsghdr (16), cn_msg (20), proc_event: what, cpu, timestamp.
+            event = offset + 36
+            if event + 16 <= offset + length:
+                what = struct.unpack_from("=I", data, event)[0]
+                body = event + 16
+                if what == PROC_EVENT_FORK:
+                    _, _, child_pid, child_tgid = struct.unpack_from(
+                        "=IIII", data, body)
+                    if child_pid == child_tgid:     # a process, not a thread
+                        self.tracker.see(child_tgid)
+                elif what == PROC_EVENT_EXEC:
+                    _, tgid = struct.unpack_from("=II", data, body)
+                    self.tracker.see(tgid)
+            offset += (length + 3) & ~3
+
+    def stop(self):
+        self.stopping.set()
+        self.join()
+
+
+class PollWatcher(threading.Thread):
+    """Without the connector: a scan of /proc every 50 ms."""
+
+    def __init__(self, tracker):
+        super().__init__(daemon=True)
+        self.tracker = tracker
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.wait(0.05):
+            self.tracker.scan()
+
+    def stop(self):
+        self.stopping.set()
+        self.join()
+
+
+# ---- Copying the files --------------------------------------------------------
+
+
+# A container's files are not to be trusted: they are opened without
+# following links and without blocking (a FIFO), must be regular files no
+# bigger than MAX_SIZE, and are copied in pieces (a huge file costs no
+# memory).  A copy is written to a new temporary file and renamed over the
+# host's name: a stale file of an earlier process with the same pid (or a
+# link planted there) is replaced, never followed, and an interrupted copy
+# leaves nothing behind.
+CHUNK = 1 << 20
+MAX_SIZE = 1 << 30
+MAX_RECORD = 64 << 20           # no jitdump record is near this
+
+
+def open_at(dir_fd, name):
+    """A file object for a regular file name in dir_fd, or None."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIZE:
+        if stat.S_ISREG(st.st_mode):
+            print(f"perf_record_ns: {name} of a container is "
+                  f"{st.st_size} bytes, over {MAX_SIZE}: not copied",
+                  file=sys.stderr)
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def copy_to(path, copy, *args):
+    """Run copy(dst, *args) into a new file that then replaces path;
+    return what copy returned, or None if nothing was kept."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                               dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            result = copy(dst, *args)
+        if result:
+            os.replace(tmp, path)
+            tmp = None
+        return result
+    finally:
+        if tmp is not None:
+            os.unlink(tmp)
+
+
+def copy_map(dst, src, limit=MAX_SIZE):
+    while limit > 0:
+        chunk = src.read(min(CHUNK, limit))
+        if not chunk:
+            break
+        dst.write(chunk)
+        limit -= len(chunk)
+    return True
+
+
+JITDUMP_MAGIC = 0x4A695444
+JIT_CODE_LOAD, JIT_CODE_MOVE = 0, 1
+
+
+def copy_jitdump(dst, src, host_pid):
+    """Copy a jitdump, with the host pid in its header and in its code
+    load and move records (perf inject --jit names the process by them).
+    A record that cannot be one ends the copy.  Return False if src is not
+    a jitdump."""
+    header = src.read(40)
+    if len(header) < 40 or struct.unpack_from("=I", header)[0] != JITDUMP_MAGIC:
+        return False
+    header = bytearray(header)
+    header_size = struct.unpack_from("=I", header, 8)[0]
+    if not 40 <= header_size <= 4096:
+        return False
+    struct.pack_into("=I", header, 20, host_pid)
+    dst.write(header)
+    dst.write(src.read(header_size - 40))
+    while True:
+        head = src.read(16)
+        if len(head) < 16:
+            return True
+        kind, size = struct.unpack_from("=II", head)
+        if not 16 <= size <= MAX_RECORD:
+            return True         # not a record: the copy ends here
+        body = bytearray(src.read(min(size - 16, CHUNK)))
+        if kind in (JIT_CODE_LOAD, JIT_CODE_MOVE) and len(body) >= 8:
+            struct.pack_into("=II", body, 0, host_pid, host_pid)
+        dst.write(head)
+        dst.write(body)
+        if size - 16 > len(body):
+            copy_map(dst, src, size - 16 - len(body))
+
+
+def keep_files(tracker):
+    """Copy what the processes of other namespaces wrote; return the
+    {(host pid, inner pid)} whose jitdump was kept."""
+    dumps = set()
+    with tracker.lock:
+        processes = dict(tracker.processes)
+    own_tmp = os.stat("/tmp")
+    for host_pid, (nspid, key, started) in sorted(processes.items()):
+        if nspid == host_pid and key == (own_tmp.st_dev, own_tmp.st_ino):
+            continue            # perf finds these files itself
+        now = start_time(host_pid)
+        if now is not None and now != started:
+            print(f"perf_record_ns: pid {host_pid} is another process's "
+                  f"now: its files are not touched", file=sys.stderr)
+            continue
+        dir_fd = tracker.tmp_dirs[key]
+        src = open_at(dir_fd, f"perf-{nspid}.map")
+        if src is not None:
+            with src:
+                copy_to(f"/tmp/perf-{host_pid}.map", copy_map, src)
+            log(f"kept /tmp/perf-{host_pid}.map (its perf-{nspid}.map)")
+        src = open_at(dir_fd, f"jit-{nspid}.dump")
+        if src is not None:
+            with src:
+                path = f"/tmp/jit-{host_pid}.dump"
+                if copy_to(path, copy_jitdump, src, host_pid):
+                    log(f"kept {path} (its jit-{nspid}.dump)")
+                    dumps.add((host_pid, nspid))
+    return dumps
+
+
+# ---- Rewriting the jitdump markers of perf.data ------------------------------
+
+PERF_RECORD_MMAP, PERF_RECORD_MMAP2 = 1, 10
+FILENAME_OFFSET = {PERF_RECORD_MMAP: 40, PERF_RECORD_MMAP2: 72}
+
+
+def rewrite_markers(stream, dumps):
+    """Yield the records of a pipe-mode perf.data stream, with the mmap of
+    /.../jit-NSPID.dump by host pid HOSTPID naming /tmp/jit-HOSTPID.dump."""
+    header = stream.read(16)
+    yield header
+    wanted = {host: f"/jit-{ns}.dump".encode() for host, ns in dumps}
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            if head:
+                yield head
+            return
+        kind, misc, size = struct.unpack("=IHH", head)
+        body = stream.read(size - 8)
+        record = head + body
+        where = FILENAME_OFFSET.get(kind)
+        if where is not None and size > where:
+            pid = struct.unpack_from("=I", record, 8)[0]
+            end = record.find(b"\0", where)
+            name = record[where:end]
+            if end > 0 and pid in wanted and name.endswith(wanted[pid]):
+                padded = (end - where + 1 + 7) & ~7
+                trailer = record[where + padded:]
+                new_name = f"/tmp/jit-{pid}.dump".encode() + b"\0"
+                new_name += b"\0" * (-len(new_name) % 8)
+                record = bytearray(record[:where] + new_name + trailer)
+                struct.pack_into("=H", record, 6, len(record))
+                record = bytes(record)
+                log(f"marker of process {pid}: {name.decode()} -> "
+                    f"/tmp/jit-{pid}.dump")
+        yield record
+
+
+def rewrite_perf_data(perf, data_path, dumps):
+    tmp_path = data_path + ".ns-tmp"
+    reader = subprocess.Popen([perf, "inject", "-i", data_path, "-o", "-"],
+                              stdout=subprocess.PIPE)
+    writer = subprocess.Popen([perf, "inject", "-i", "-", "-o", tmp_path],
+                              stdin=subprocess.PIPE)
+    try:
+        for chunk in rewrite_markers(reader.stdout, dumps):
+            writer.stdin.write(chunk)
+    finally:
+        writer.stdin.close()
+        reader.stdout.close()
+        ok = reader.wait() == 0 and writer.wait() == 0
+    if not ok:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise OSError(f"perf inject could not rewrite {data_path}")
+    os.replace(tmp_path, data_path)
+
+
+# ---- Main -------------------------------------------------------------------
+
+
+def output_path(record_args):
+    """The perf.data file that perf record args write."""
+    path = "perf.data"
+    i = 0
+    while i < len(record_args):
+        arg = record_args[i]
+        if arg == "--":
+            break
+        if arg in ("-o", "--output") and i + 1 < len(record_args):
+            path = record_args[i + 1]
+            i += 1
+        elif arg.startswith("--output="):
+            path = arg.split("=", 1)[1]
+        elif arg.startswith("-o") and len(arg) > 2:
+            path = arg[2:]
+        i += 1
+    return path
+
+
+def main(argv):
+    global VERBOSE
+    args = argv[1:]
+    if args[:1] == ["-v"]:
+        VERBOSE = True
+        args = args[1:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if len(args) < 2 or os.path.basename(args[0]) != "perf" \
+            or args[1] != "record":
+        print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
+        return 2
+    perf = args[0]
+    tracker = Tracker()
+    try:
+        watcher = EventWatcher(tracker)
+    except OSError as exc:
+        print(f"perf_record_ns: no process events ({exc.strerror}): "
+              f"scanning /proc instead; processes that live less than "
+              f"50 ms may be missed", file=sys.stderr)
+        watcher = PollWatcher(tracker)
+    watcher.start()
+    tracker.scan()
+    # Ctrl-C reaches perf record (which stops and writes its file) and
+    # this script, which must go on to keep the files: a handler, not
+    # SIG_IGN, so that perf and its command get the default again.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        rc = subprocess.call(args)
+    finally:
+        # perf is done: a Ctrl-C now stops the copies (they leave nothing).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        tracker.scan()          # the processes that are still there
+        watcher.stop()
+    try:
+        dumps = keep_files(tracker)
+        if dumps:
+            rewrite_perf_data(perf, output_path(args[2:]), dumps)
+    except OSError as exc:
+        print(f"perf_record_ns: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        tracker.close()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
