@@ -11,7 +11,7 @@
 # 1. The root: mmdebstrap --variant=apt bookworm, with Debian's python3.11
 #    at the version our packages are made from (3.11.2-6+deb12u8) and the
 #    packages the checks use (python3-yaml, python3-numpy, python3-lxml,
-#    python3.11-venv, python3-wheel-whl; gdb, gcc and linux-perf from
+#    python3.11-venv, python3-wheel-whl; gdb, gcc, mount and linux-perf from
 #    bookworm-backports for the packaged perf tests, valgrind for the
 #    benchmarks), from the apt sources
 #    of this machine (Types: deb only).  It is made once and kept as
@@ -52,7 +52,7 @@ BASE=$W/root-base.tar
 # that one must stay "newer" than ours, which test_deb_root.py checks).
 V=$PS_DEB_VERSION
 PKGS="python3.11=$V,python3.11-minimal=$V,libpython3.11=$V,libpython3.11-minimal=$V,libpython3.11-stdlib=$V,python3.11-venv=$V"
-PKGS="$PKGS,python3-yaml,python3-numpy,python3-lxml,python3-wheel-whl,gdb,gcc,valgrind,linux-perf/bookworm-backports"
+PKGS="$PKGS,python3-yaml,python3-numpy,python3-lxml,python3-wheel-whl,gdb,gcc,mount,valgrind,linux-perf/bookworm-backports"
 
 # This machine's apt sources, binary packages only.
 SOURCES=$W/root.sources
