@@ -111,8 +111,10 @@ class Tracker:
                 return
             started = start_time(pid)
             nspid = inner_pid(pid)
-            fd = os.open(f"/proc/{pid}/root/tmp",
-                         os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            # O_NOFOLLOW: a /tmp that is a symbolic link would be followed
+            # from this host's root, not the container's.
+            fd = os.open(f"/proc/{pid}/root/tmp", os.O_PATH | os.O_DIRECTORY
+                         | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (OSError, ValueError):
             return              # gone already, or not ours to look at
         st = os.fstat(fd)
