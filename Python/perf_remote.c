@@ -18,14 +18,15 @@
  *
  *     "\0python-perf-<pid namespace inode>-<pid in that namespace>"
  *
- * and otherwise sleeps in accept(): while nobody connects it costs nothing,
+ * and otherwise sleeps in poll(): while nobody connects it costs nothing,
  * and it never holds the GIL.  An abstract socket has no file: nothing is
  * left in /tmp, whatever way the process ends (a forked child that calls
  * exec() closes it with its other descriptors).  The name is the same seen
  * from inside the process's namespaces and from the host
  * (/proc/PID/ns/pid, /proc/PID/status NSpid), and the client joins the
- * process's network namespace to reach it.  Tools/perfsupport/perf-switch
- * is that client.
+ * process's network namespace to reach it (and first its user namespace,
+ * in a rootless container, where the host's root is nobody).
+ * Tools/perf/perf_switch.py is that client.
  *
  * Who may switch: the peer's credentials (SO_PEERCRED) must be the
  * process's own user or root; anyone else is refused.
@@ -41,12 +42,14 @@
  * blocked in a system call; while a long C call holds the GIL, the switch
  * waits for it to end.  During finalisation the thread behaves as any
  * daemon thread (if it asks for the GIL, it exits); once Py_Finalize() is
- * over, a Py_AtExit() hook wakes it (shutdown() of the socket) and it ends
- * without touching its freed thread state.
+ * over, a Py_AtExit() hook wakes it (shutdown() of the socket), unbinds the
+ * name (an embedder's next Py_Initialize() binds it again) and bumps a
+ * generation counter: the thread ends without touching its freed thread
+ * state, even if a new generation's thread has started meanwhile.
  *
  * Signals: the thread blocks every signal, so the program's handlers keep
  * running where they always did.  Descriptors: the listening socket is
- * kept above 2 and checked (fstat identity) before each accept(), so that a
+ * kept above 2 and checked (fstat identity) before each poll(), so that a
  * program that closes every descriptor and reuses the number never has its
  * own connections taken; the lost socket is then made again.
  *

@@ -20,8 +20,10 @@ concern a module:
                       and samples inside a native library without frame
                       pointers
     test_remote       switching a running process on and off from outside
-                      (PYTHON_PERF_REMOTE, Tools/perf/perf_switch.py), a
-                      pre-forking server recorded system-wide
+                      (PYTHON_PERF_REMOTE, Tools/perf/perf_switch.py),
+                      in containers rootful and rootless, an embedder
+                      that initialises Python again, a pre-forking
+                      server recorded system-wide
     test_containers   a process in its own namespaces recorded from the
                       host and reported after it exited
                       (Tools/perf/perf_record_ns.py)

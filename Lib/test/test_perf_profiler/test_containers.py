@@ -6,16 +6,15 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import unittest
 
 from test.test_perf_profiler.test_real_perf import (
     HAS_FRAME_POINTERS, PERF_SCRIPT, RealPerfJitTestCase, RealPerfTestCase)
-from test.test_perf_profiler.util import (PERF, UNSHARE, count_chains,
-                                          perf_stacks, probe_once)
+from test.test_perf_profiler.util import (
+    PERF, UNSHARE, count_chains, missing_tool, perf_stacks, perf_tool,
+    probe_once)
 
-RECORD_NS = os.path.join(sysconfig.get_config_var("srcdir") or "",
-                         "Tools", "perf", "perf_record_ns.py")
+RECORD_NS = perf_tool("perf_record_ns.py")
 
 # The example of test_real_perf, run with -c (its file name is "<string>"):
 # the container's /tmp, where a script would be, is a tmpfs of its own.
@@ -35,8 +34,8 @@ class ContainerChecks:
 
     def setUp(self):
         super().setUp()
-        if not os.path.exists(RECORD_NS):
-            self.skipTest(f"no {RECORD_NS} (not a build of a source tree)")
+        if RECORD_NS is None:
+            self.skipTest(missing_tool("perf_record_ns.py"))
         if UNSHARE is None:
             self.unavailable("unshare (util-linux) is not installed")
         if os.geteuid() != 0:

@@ -14,12 +14,12 @@ import unittest
 
 from test.test_perf_profiler.util import (
     PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
-    PerfTestCase, map_path, perf_stacks, probe_once)
+    PerfTestCase, map_path, missing_tool, perf_stacks, perf_tool, probe_once)
 
 
-# The perf_switch tool of the source tree this interpreter was built from.
-SWITCH = os.path.join(sysconfig.get_config_var("srcdir") or "",
-                      "Tools", "perf", "perf_switch.py")
+# The perf_switch tool of the source tree this interpreter was built from
+# (or of Debian's examples package).
+SWITCH = perf_tool("perf_switch.py")
 
 # A service: a worker thread keeps calling functions that it makes as it
 # goes (work_0, work_1...), while the main thread sits blocked in a read of
@@ -99,8 +99,8 @@ class RemoteTestCase(PerfTestCase):
 
     def setUp(self):
         super().setUp()
-        if not os.path.exists(SWITCH):
-            self.skipTest(f"no {SWITCH} (not a build of a source tree)")
+        if SWITCH is None:
+            self.skipTest(missing_tool("perf_switch.py"))
         self.script = self.make_script(SERVICE_SCRIPT)
 
     def start(self, opt_in=True, wrapper=(), pid_of=None, script=None):
@@ -119,7 +119,8 @@ class RemoteTestCase(PerfTestCase):
         line = proc.stdout.readline()
         if not line.startswith(b"pid="):
             proc.kill()
-            self.fail(f"the service did not start: {line + proc.stderr.read()}")
+            self.fail("the service did not start: "
+                      f"{line + proc.stderr.read()}")
         pid = int(line[4:])
         if pid_of is None:
             self.forget_pid(pid)
@@ -365,6 +366,93 @@ class TestRemoteSwitch(RemoteTestCase):
                 return []
         forked = self.wait_for(lambda: children(proc.pid), "unshare's child")
         return forked[0]
+
+
+# CPython's embedding test program, in the build directory.
+TESTEMBED = os.path.join(os.path.dirname(sys.executable), "Programs",
+                         "_testembed")
+
+
+class TestEmbedderInitialisesAgain(PerfTestCase):
+    """An embedder that finalises Python and initialises it again, several
+    times in one process, with PYTHON_PERF_REMOTE=1: each initialisation
+    listens anew, under the same name, without a warning.  (_testembed
+    finds its standard library from the build directory, as test_embed
+    runs it.)"""
+
+    def test_repeated_init(self):
+        if not os.path.exists(TESTEMBED):
+            self.skipTest(f"no {TESTEMBED} (not a build directory)")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PYTHON")}
+        env["PYTHON_PERF_REMOTE"] = "1"
+        res = subprocess.run([TESTEMBED,
+                              "test_repeated_init_and_subinterpreters"],
+                             capture_output=True, text=True, env=env,
+                             cwd=os.path.dirname(sys.executable),
+                             timeout=SUBPROCESS_TIMEOUT)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(res.stderr, "")
+        self.assertGreater(res.stdout.count("--- Pass"), 1, res.stdout)
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+def chrooted():
+    """Whether this process runs in a chroot (its / is not init's)."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root/")
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
+
+
+@unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0,
+                     "needs root to run the service as another user")
+class TestRootlessContainer(RemoteTestCase):
+    """A rootless container: the service runs as an unprivileged host user
+    (nobody) in a user namespace of its own, where it is root, with PID,
+    mount and network namespaces and a /tmp of its own.  Host root
+    switches it by its host pid: the tool must enter the user namespace
+    first, or the service sees an unmapped user and refuses."""
+
+    namespace_error = None      # this class's own probe
+
+    def test_switched_by_host_root(self):
+        if UNSHARE is None or SETPRIV is None:
+            self.unavailable("unshare and setpriv (util-linux) are needed")
+        as_nobody = [SETPRIV, "--reuid=65534", "--regid=65534",
+                     "--clear-groups", UNSHARE, "--user", "--map-root-user",
+                     "--pid", "--fork", "--mount", "--net", "--mount-proc"]
+        error = probe_once(type(self), [*as_nobody, "true"],
+                           "make a user namespace as an unprivileged user")
+        if error and chrooted():
+            self.skipTest("the kernel makes no user namespace in a chroot")
+        if error:
+            self.unavailable(error)
+        private = os.path.join(self.tmp, "container-tmp")
+        os.mkdir(private)
+        os.chmod(private, 0o1777)
+        os.chmod(self.tmp, 0o755)   # nobody must reach it
+        shutil.copy(self.script, os.path.join(private, "service.py"))
+        os.chmod(os.path.join(private, "service.py"), 0o644)
+        wrapper = [*as_nobody, "sh", "-c",
+                   f'mount --bind "{private}" /tmp && exec "$@"', "sh"]
+        proc, host_pid = self.start(wrapper=wrapper, pid_of=self.host_pid,
+                                    script="/tmp/service.py")
+        with open(f"/proc/{host_pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:"))
+        self.assertEqual(uids.split()[1], "65534", "not an unprivileged user")
+        self.assertSwitched(host_pid, "perf", "perf")
+        inner = os.path.join(private, "perf-1.map")
+        self.wait_for(lambda: self.work_lines(inner), "a work_ line")
+        self.assertEqual(os.stat(inner).st_uid, 65534)
+        self.assertSwitched(host_pid, "status", "perf")
+        self.assertSwitched(host_pid, "off", "off")
+        self.assertEqual(self.order(proc, "quit"), "done")
+
+    host_pid = TestRemoteSwitch.host_pid
 
 
 # A pre-forking server: it waits (for the switch from outside), then forks

@@ -19,6 +19,7 @@ import stat
 import struct
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import unittest
 
@@ -40,6 +41,31 @@ CONTROL_CHARS = re.compile(rb"[\x00-\x1f\x7f]")
 # What a child prints for itself (see run_child()) and for the processes it
 # forks.
 PID_LINE = re.compile(rb"^pid=(\d+)$", re.MULTILINE)
+
+
+def perf_tool(name):
+    """The path of Tools/perf/NAME (perf_switch.py, perf_record_ns.py) for
+    this interpreter, or None: in the source tree it was built from, or,
+    for an installed interpreter, where Debian's pythonX.Y-examples package
+    puts the tree's Tools/ (/usr/share/doc/pythonX.Y/examples/)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        os.path.join(sysconfig.get_config_var("srcdir") or "", "Tools",
+                     "perf", name),
+        os.path.join(sysconfig.get_path("data"), "share", "doc",
+                     f"python{version}", "examples", "perf", name),
+    ]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def missing_tool(name):
+    """Why a test cannot use Tools/perf/NAME."""
+    return (f"no Tools/perf/{name}: not a build of a source tree (on "
+            f"Debian, install python{sys.version_info.major}."
+            f"{sys.version_info.minor}-examples)")
 
 
 def map_path(pid):
