@@ -271,9 +271,12 @@ aarch64-test: build-fp
 # build/deb/ (FULL=1: with Debian's PGO and LTO, hours instead of ~25 min);
 # check-deb: Debian's series plus ours applies with no fuzz and carries
 # exactly this project's files (in make test); deb-test: the packages
-# installed over Debian's in a clean Debian 12 root and used there.
+# installed over Debian's in a clean Debian 12 root and used there;
+# deb-install: on this machine, ours in place of each of Debian's that is
+# installed (and no other: DRY_RUN=1 lists them).
 FULL ?=
-.PHONY: deb check-deb deb-test
+DRY_RUN ?=
+.PHONY: deb check-deb deb-test deb-install
 deb: fetch
 	@PS_DEB_FULL='$(FULL)' sh $(PS)/deb.sh build
 
@@ -282,6 +285,9 @@ check-deb: fetch
 
 deb-test:
 	@sh $(PS)/deb-test.sh
+
+deb-install:
+	@sh $(PS)/deb-install.sh $(if $(DRY_RUN),--dry-run) $(BUILD)/deb
 
 # The benchmark suite in that root: Debian's python3.11 as "stock" against
 # ours with the perf support off, on and the rest (build/deb/bench.md).
@@ -395,6 +401,8 @@ help:
 	@echo '  check-deb    Debian'"'"'s patch series plus ours applies with quilt, no fuzz, exactly our files'
 	@echo '  deb-test     the packages of make deb over Debian'"'"'s in a clean Debian 12 root (mmdebstrap)'
 	@echo '  deb-bench    benchmarks in that root: Debian'"'"'s python3.11 against ours (build/deb/bench.md)'
+	@echo '  deb-install  as root: ours in place of the python3.11 packages installed here, no others'
+	@echo '               (DRY_RUN=1: list them)'
 	@echo '  clean        remove build trees, keep build/download'
 	@echo '  distclean    remove build/'
 	@echo

@@ -20,9 +20,10 @@
 # 2. deb/test_deb_root.py runs the checks, in a mount namespace of its own
 #    in which the root has /proc, /sys and /dev, and this machine's /tmp
 #    (as schroot gives a chroot: the perf map of a process in the root is
-#    where the host's perf looks for it).  The checks install every .deb of
-#    DEB_DIR with "apt install ./*.deb" over Debian's and go back to
-#    Debian's at the end: see that file.
+#    where the host's perf looks for it).  The checks replace Debian's
+#    packages with ours as "make deb-install" does (deb-install.sh, copied
+#    into the root), then install the rest of DEB_DIR's with "apt install
+#    ./*.deb", and go back to Debian's at the end: see that file.
 # 3. The root is removed after a successful run (kept after a failure, for
 #    a look: chroot build/deb/root).
 set -eu
@@ -86,6 +87,7 @@ mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$BASE"
 mkdir -p "$ROOT/var/cache/perf-debs"
 cp "$DEBS"/*.deb "$ROOT/var/cache/perf-debs/"
+cp "$HERE/deb-install.sh" "$ROOT/var/cache/perf-debs/"
 
 # in_root COMMAND...: run COMMAND (a host command) in a mount namespace
 # where the root has /proc, /sys, /dev and this machine's /tmp.

@@ -8,14 +8,18 @@ first failure:
 
   01  the root has Debian's own python3.11 (DEBIAN_VERSION, the one our
       packages are made from), no perf support
-  02  "apt install ./*.deb" installs every package of "make deb" over it;
-      a newer Debian version in the root's sources (a security update) is
+  02  deb-install.sh ("make deb-install") replaces exactly the packages
+      that are installed, /usr/bin/python3.11 stays Debian's PIE build; then
+      "apt install ./*.deb" installs every other package of "make deb"; a
+      newer Debian version in the root's sources (a security update) is
       still apt's candidate: ours never hides Debian's updates
   03  python3.11 -m sysconfig shows PY_HAVE_PERF_TRAMPOLINE = 1; the
       interpreter was built with frame pointers
-  04  this machine's perf record -g + perf report of python3.11 -X perf
-      running the documentation's example in the root: py::foo under py::bar
-      under py::baz
+  04  this machine's perf record -g + perf report of -X perf running the
+      documentation's example in the root names py::foo under py::bar under
+      py::baz, for every interpreter the packages ship: python3.11 (PIE,
+      python3.11-pie once python3.11-nopie diverts it), python3.11-nopie's,
+      the debug python3.11d, and a program embedding libpython3.11.so
   05  Debian's own compiled python3-yaml, python3-numpy and python3-lxml do
       real work under -X perf and -X perf_jit, and their Python functions
       are in the perf map and the jitdump
@@ -82,9 +86,11 @@ def run(args, *, root=True, check=True, timeout=1800, env=None):
 
 
 def installed_versions(names):
-    out = run(["dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\n",
-               *names], check=False).stdout
-    return {p: v for p, v, status in (line.split(None, 2)
+    """{package: version} of those of names that are installed."""
+    out = run(["dpkg-query", "-W", "-f",
+               "${Package}\t${Version}\t${db:Status-Abbrev}\n", *names],
+              check=False).stdout
+    return {p: v for p, v, status in (line.split("\t", 2)
                                       for line in out.splitlines())
             if status.startswith("ii")}
 
@@ -102,7 +108,8 @@ def deb_packages():
 def map_names(path):
     """The names of a perf map, "py::qualname:filename"."""
     with open(path) as f:
-        return [line.rstrip("\n").split(" ", 2)[2] for line in f if line.strip()]
+        return [line.rstrip("\n").split(" ", 2)[2] for line in f
+                if line.strip()]
 
 
 def perf_samples(script_output):
@@ -154,12 +161,26 @@ class DebRoot(unittest.TestCase):
         DebRoot.packages = names
         shutil.copy("/etc/resolv.conf", os.path.join(ROOT, "etc/resolv.conf"))
         run(["apt-get", "update", "-q"])
+        # In place: ours for each of Debian's that is installed, no other.
+        before = set(installed_versions(names))
+        run(["sh", f"{DEB_DIR}/deb-install.sh", DEB_DIR])
+        after = installed_versions(names)
+        self.assertEqual(set(after), before)
+        for name in before:
+            self.assertTrue(after[name].endswith("+perf1"),
+                            f"{name}: installed {after[name]}")
+        diversions = run(["dpkg-divert", "--list", "/usr/bin/python3.11"]
+                         ).stdout
+        self.assertEqual(diversions.strip(), "", "python3.11 diverted")
+        print(f"\n  deb-install replaced the {len(before)} installed: "
+              f"{' '.join(sorted(before))}", flush=True)
+        # Then every other package.
         run(["sh", "-c", f"cd {DEB_DIR} && apt-get install -y -q ./*.deb"])
         versions = installed_versions(names)
         for name in names:
             self.assertTrue(versions.get(name, "").endswith("+perf1"),
                             f"{name}: installed {versions.get(name)}")
-        print(f"\n  installed {len(names)} packages over Debian's: "
+        print(f"  then all {len(names)} packages of make deb: "
               f"{' '.join(names)}", flush=True)
         policy = run(["apt-cache", "policy", "python3.11"]).stdout
         candidate = re.search(r"Candidate: (\S+)", policy).group(1)
@@ -180,12 +201,44 @@ class DebRoot(unittest.TestCase):
         self.assertIn("-fno-omit-frame-pointer", flags)
 
     def test_04_host_perf_names_the_chain(self):
+        embed = self.embedding_program()
+        # python3.11-nopie (installed in 02) diverts /usr/bin/python3.11 to
+        # python3.11-pie: the one Debian users run without it.
+        self.assertTrue(os.path.exists(os.path.join(ROOT, "usr/bin/"
+                                                    "python3.11-pie")))
+        interpreters = [
+            ("python3.11 (PIE)", "/usr/bin/python3.11-pie", 3000000),
+            ("python3.11-nopie", "/usr/bin/python3.11", 3000000),
+            ("python3.11d (debug)", "/usr/bin/python3.11d", 1000000),
+            ("embedding libpython3.11.so", embed, 3000000),
+        ]
+        print(flush=True)
+        for label, exe, count in interpreters:
+            with self.subTest(label):
+                self.check_chain(label, exe, count)
+
+    def embedding_program(self):
+        """A program that embeds the shared libpython3.11 (as mod_wsgi or
+        an application does), built in the root with python3.11-config."""
+        source = os.path.join(self.tmp, "embed.c")
+        exe = os.path.join(self.tmp, "embed")
+        with open(source, "w") as f:
+            f.write("#include <Python.h>\n"
+                    "int main(int argc, char **argv)\n"
+                    "{\n    return Py_BytesMain(argc, argv);\n}\n")
+        run(["sh", "-c", f"gcc -o {exe} {source} "
+             "$(python3.11-config --cflags --embed) "
+             "$(python3.11-config --ldflags --embed)"])
+        libs = run(["ldd", exe]).stdout
+        self.assertIn("libpython3.11.so.1.0", libs)
+        return exe
+
+    def check_chain(self, label, exe, count):
         demo = os.path.join(self.tmp, "demo.py")
         shutil.copy(DEMO, demo)
         data = os.path.join(self.tmp, "perf.data")
         run(["perf", "record", "-q", "-g", "-F", "999", "-o", data, "--",
-             "chroot", ROOT, "/usr/bin/python3.11", "-X", "perf", demo,
-             "3000000"], root=False)
+             "chroot", ROOT, exe, "-X", "perf", demo, str(count)], root=False)
         script = run(["perf", "script", "-i", data, "-F", "pid,ip,sym,dso"],
                      root=False).stdout
         pids = {int(m) for m in re.findall(r"^\s*(\d+)\s*$", script, re.M)}
@@ -206,8 +259,8 @@ class DebRoot(unittest.TestCase):
                       "-g", "caller"], root=False).stdout
         for name in ("py::foo", "py::bar", "py::baz"):
             self.assertIn(name, report)
-        print(f"\n  host perf: {complete} of {with_foo} samples in py::foo "
-              f"have py::bar and py::baz above it", flush=True)
+        print(f"  host perf, {label}: {complete} of {with_foo} samples in "
+              f"py::foo have py::bar and py::baz above it", flush=True)
         self.assertGreaterEqual(with_foo, 50)
         self.assertGreater(complete, with_foo * 0.9)
 
@@ -232,7 +285,8 @@ class DebRoot(unittest.TestCase):
         with open(f"/tmp/jit-{pid}.dump", "rb") as f:
             dump = f.read()
         for package in PACKAGES:
-            self.assertIn(f"/usr/lib/python3/dist-packages/{package}/".encode(),
+            self.assertIn(f"/usr/lib/python3/dist-packages/{package}/"
+                          .encode(),
                           dump)
         print(f"\n  yaml, numpy, lxml under -X perf and -X perf_jit: "
               f"{len(names)} names in the map", flush=True)
@@ -259,7 +313,13 @@ class DebRoot(unittest.TestCase):
         proc = self.python(["-m", "test", "-v", "test_perf_profiler",
                             "test_perfmaps"], check=False, env=env)
         tail = proc.stdout[-1500:]
-        self.assertEqual(proc.returncode, 0, tail + proc.stderr[-1500:])
+        # What failed: unittest's report of each failure, then the summary.
+        failures = re.findall(r"^={20,}\n(?:FAIL|ERROR): "
+                              r".*?(?=^={20,}|^-{20,}\nRan )",
+                              proc.stdout, re.M | re.S)
+        self.assertEqual(proc.returncode, 0,
+                         "".join(failures)[-6000:] + tail
+                         + proc.stderr[-1500:])
         self.assertIn("SUCCESS", tail)
         ran = re.findall(r"^Ran (\d+) tests", proc.stdout, re.M)
         skipped = re.findall(r"skipped '([^']*)'", proc.stdout)
