@@ -43,6 +43,9 @@ for deb in "$dir"/*.deb; do
     [ -f "$deb" ] || die "no .deb files in $dir: run 'make deb'"
     name=$(dpkg-deb -f "$deb" Package)
     ours=$(dpkg-deb -f "$deb" Version)
+    arch=$(dpkg-deb -f "$deb" Architecture)
+    # The package of this architecture (not a foreign-architecture copy).
+    [ "$arch" = all ] || name=$name:$arch
     status=$(dpkg-query -W -f '${db:Status-Abbrev} ${Version}' "$name" 2>/dev/null || true)
     case $status in
         ii*) ;;
