@@ -791,8 +791,7 @@ class TestFreshFilesPerProcess(HardeningTestCase):
             with self.subTest(backend=backend):
                 out, (parent, child) = self.run_child(
                     code, program, xoptions=("-X", backend))
-                for path in (map_path(child), jitdump_path(child)):
-                    self.assertFalse(os.path.lexists(path), f"{path} exists")
+                self.assertNotWritten(map_path(child), jitdump_path(child))
 
     def test_no_files_for_exec_after_fork(self):
         self.check_child_leaves_no_files(EXEC_AFTER_FORK_CODE)
@@ -1214,8 +1213,7 @@ class TestBreakerFindings(HardeningTestCase):
         if not os.access(program, os.X_OK):
             self.unavailable("true(1) is not installed")
         _, (parent, child) = self.run_child(PREEXEC_ACTS_CODE, act, program)
-        for path in (map_path(child), jitdump_path(child)):
-            self.assertFalse(os.path.lexists(path), f"{path} exists")
+        self.assertNotWritten(map_path(child), jitdump_path(child))
 
     def test_preexec_fn_activates(self):
         self.check_preexec("activate")

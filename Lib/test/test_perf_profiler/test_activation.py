@@ -12,7 +12,7 @@ import unittest
 
 from test.support import import_helper
 from test.test_perf_profiler.util import (
-    TRY_ACTIVATE, PerfMap, PerfTestCase, entry_name, jitdump_path)
+    TRY_ACTIVATE, PerfMap, PerfTestCase, entry_name)
 
 
 # ---- Activation -------------------------------------------------------------
@@ -52,7 +52,7 @@ class TestActivation(PerfTestCase):
         res, active, script = self.probe(*args, **kwargs)
         self.assertFalse(active, res)
         self.assertNoMap(res.pid)
-        self.assertFalse(os.path.exists(jitdump_path(res.pid)))
+        self.assertNoJitdump(res.pid)
         return res
 
     def assertDeactivated(self, *args, **kwargs):
@@ -396,7 +396,7 @@ class TestSubinterpreters(PerfTestCase):
         pmap = self.read_map(pid)
         self.assertNamedOnce(pmap, "sub_func", "main_func",
                              "after_reactivation", filename="<string>")
-        self.assertFalse(os.path.exists(jitdump_path(pid)))
+        self.assertNoJitdump(pid)
 
     def test_main_inactive(self):
         pid, _ = self.run_subinterp(False, "perf")
@@ -413,7 +413,7 @@ class TestSubinterpreters(PerfTestCase):
         pmap = self.read_map(pid)
         self.assertNotNamed(pmap, "sub_func", filename="<string>")
         self.assertNamedOnce(pmap, "main_func", filename="<string>")
-        self.assertFalse(os.path.exists(jitdump_path(pid)))
+        self.assertNoJitdump(pid)
 
     def test_other_backend_allowed_while_main_inactive(self):
         # The subinterpreter ends with perf_jit active; the main

@@ -113,7 +113,8 @@ class TestHostileTmp(PerfTestCase):
             # in its after-fork handler; it is closed on exec.
             remove_path(path)
             plant(path)
-        res = self.run_python(*args, script, preexec_fn=preexec)
+        res = self.run_python(*args, script, preexec_fn=preexec,
+                              clear_leftovers=False)
         self.addCleanup(remove_path, map_path(res.pid))
         return res
 

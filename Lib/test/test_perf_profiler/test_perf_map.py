@@ -294,7 +294,7 @@ class TestStartedInterpreters(PerfTestCase):
                                                "-X", "perf")
         self.assertNamedOnce(self.read_map(worker), "in_worker",
                              filename=script)
-        self.assertFalse(os.path.exists(jitdump_path(worker)))
+        self.assertNoJitdump(worker)
         out, worker, script = self.run_workers("spawn", "-X", "perf_jit=0",
                                                "-X", "perf")
         self.assertNamedOnce(self.read_map(worker), "in_worker",
@@ -864,9 +864,9 @@ class TestStress(PerfTestCase):
         for pid in pids:
             with self.subTest(pid=pid):
                 named = set()
-                if os.path.exists(map_path(pid)):
+                if self.written(map_path(pid)):
                     named.update(self.read_map(pid).names())
-                if os.path.exists(jitdump_path(pid)):
+                if self.written(jitdump_path(pid)):
                     named.update(self.jitdump_names(pid))
                 if pid == parent:
                     self.assertIn(entry_name("gen_0", "<stress>"), named)

@@ -68,6 +68,39 @@ def missing_tool(name):
             f"{sys.version_info.minor}-examples)")
 
 
+# The names of perf's side files in /tmp.
+PROFILER_FILE = re.compile(r"(?:perf-\d+\.map|jit-\d+\.dump)\Z")
+
+
+def profiler_files():
+    """{path: (inode, mtime, size)} of every perf map and jitdump in /tmp.
+    perf's files stay after their process has exited (perf report needs
+    them), and pids come round again: a test's child may find one of an
+    earlier process at its own name."""
+    found = {}
+    try:
+        with os.scandir("/tmp") as entries:
+            for entry in entries:
+                if not PROFILER_FILE.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                found[entry.path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        pass
+    return found
+
+
+# The shell that runs each child of run_python() and then becomes it (the
+# same pid) first removes what an earlier process with that pid left at the
+# child's file names: the child finds them free, as on a quiet machine.
+CLEAR_LEFTOVERS_AND_EXEC = (
+    'for f in "/tmp/perf-$$.map" "/tmp/jit-$$.dump"; do '
+    'rm -f "$f" 2>/dev/null || rmdir "$f" 2>/dev/null; done; exec "$@"')
+
+
 def map_path(pid):
     return f"/tmp/perf-{pid}.map"
 
@@ -337,15 +370,32 @@ class PerfTestCase(unittest.TestCase):
             env.unset(name)
         self.tmp = self.enterContext(os_helper.temp_dir())
         self.forgotten_pids = set()
+        self.leftovers = profiler_files()
+
+    def written(self, path):
+        """Whether a process of this test made path: it exists, and it is
+        not a leftover of an earlier process with the same pid that nobody
+        has touched since the test began."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        return (self.leftovers.get(path)
+                != (st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def unlink_if_written(self, path):
+        if self.written(path):
+            os_helper.unlink(path)
 
     def forget_pid(self, pid):
-        """Remove the profiler files of process pid at the end of the test."""
+        """Remove the profiler files of process pid at the end of the test
+        (not another process's leftover at the same name)."""
         pid = int(pid)
         if pid in self.forgotten_pids:
             return
         self.forgotten_pids.add(pid)
-        self.addCleanup(os_helper.unlink, map_path(pid))
-        self.addCleanup(os_helper.unlink, jitdump_path(pid))
+        self.addCleanup(self.unlink_if_written, map_path(pid))
+        self.addCleanup(self.unlink_if_written, jitdump_path(pid))
         # perf inject writes one ELF file per code load beside the dump.
         self.addCleanup(lambda: [os_helper.unlink(path) for path in
                                  glob.glob(f"/tmp/jitted-{pid}-*.so")])
@@ -358,7 +408,7 @@ class PerfTestCase(unittest.TestCase):
                                          textwrap.dedent(source))
 
     def run_python(self, *args, env=None, isolated=None, timeout=None,
-                   preexec_fn=None, wrapper=()):
+                   preexec_fn=None, wrapper=(), clear_leftovers=True):
         """Run sys.executable with args; return a Result.
 
         Like script_helper.assert_python_ok() but with the child's pid (to
@@ -367,11 +417,16 @@ class PerfTestCase(unittest.TestCase):
         reports on stdout with "pid=N" lines are removed as well.  The
         child runs with -I unless env is given or isolated is false.
         wrapper is a command that runs the interpreter with exec, keeping
-        the pid: its arguments come first.
+        the pid: its arguments come first.  A leftover of an earlier
+        process at the child's file names is removed before it starts
+        (CLEAR_LEFTOVERS_AND_EXEC), unless clear_leftovers is false (a
+        preexec_fn that plants something there).
         """
         if isolated is None:
             isolated = not env
-        cmd = [*wrapper, sys.executable]
+        shell = (["/bin/sh", "-c", CLEAR_LEFTOVERS_AND_EXEC, "sh"]
+                 if clear_leftovers else [])
+        cmd = [*shell, *wrapper, sys.executable]
         if isolated:
             cmd.append("-I")
         cmd.extend(args)
@@ -391,11 +446,12 @@ class PerfTestCase(unittest.TestCase):
                 out, err = proc.communicate()
                 for pid in PID_LINE.findall(out):
                     self.forget_pid(pid)
-                self.fail(f"{cmd} timed out; stdout:\n{out!r}\n"
+                self.fail(f"{cmd[len(shell):]} timed out; stdout:\n"
+                          f"{out!r}\n"
                           f"stderr:\n{err!r}")
         for pid in PID_LINE.findall(out):
             self.forget_pid(pid)
-        self.last_cmd = cmd
+        self.last_cmd = cmd[len(shell):]
         return Result(proc.returncode, out, err, proc.pid)
 
     def run_ok(self, *args, **kwargs):
@@ -469,9 +525,15 @@ class PerfTestCase(unittest.TestCase):
             name = entry_name(qualname, filename)
             self.assertEqual(pmap.count(name), 0, name)
 
+    def assertNotWritten(self, *paths):
+        for path in paths:
+            self.assertFalse(self.written(path), f"{path} was written")
+
     def assertNoMap(self, pid):
-        self.assertFalse(os.path.lexists(map_path(pid)),
-                         f"{map_path(pid)} was written")
+        self.assertNotWritten(map_path(pid))
+
+    def assertNoJitdump(self, pid):
+        self.assertNotWritten(jitdump_path(pid))
 
 
 # ---- Scripts run by several modules -----------------------------------------
