@@ -32,6 +32,7 @@ first failure:
       packages; Debian's python3.11 and the compiled packages still work
 """
 
+import collections
 import glob
 import os
 import re
@@ -322,9 +323,11 @@ class DebRoot(unittest.TestCase):
                          + proc.stderr[-1500:])
         self.assertIn("SUCCESS", tail)
         ran = re.findall(r"^Ran (\d+) tests", proc.stdout, re.M)
-        skipped = re.findall(r"skipped '([^']*)'", proc.stdout)
+        skipped = re.findall(r"skipped ['\"](.*)['\"]$", proc.stdout, re.M)
         print(f"\n  packaged tests: {' + '.join(ran)} tests, "
               f"{len(skipped)} skipped", flush=True)
+        for reason, count in sorted(collections.Counter(skipped).items()):
+            print(f"    {count} skipped: {reason}", flush=True)
 
     def test_08_downgrade_to_debian(self):
         names = DebRoot.packages or deb_packages()
