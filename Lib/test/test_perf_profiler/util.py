@@ -47,13 +47,15 @@ def perf_tool(name):
     """The path of Tools/perf/NAME (perf_switch.py, perf_record_ns.py) for
     this interpreter, or None: in the source tree it was built from, or,
     for an installed interpreter, where Debian's pythonX.Y-examples package
-    puts the tree's Tools/ (/usr/share/doc/pythonX.Y/examples/)."""
+    puts the tree's Tools/ (/usr/share/doc/pythonX.Y/examples/: under
+    sys.base_prefix, not sysconfig's "data" path, which Debian points at
+    /usr/local)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     candidates = [
         os.path.join(sysconfig.get_config_var("srcdir") or "", "Tools",
                      "perf", name),
-        os.path.join(sysconfig.get_path("data"), "share", "doc",
-                     f"python{version}", "examples", "perf", name),
+        os.path.join(sys.base_prefix, "share", "doc", f"python{version}",
+                     "examples", "perf", name),
     ]
     for path in candidates:
         if os.path.isfile(path):
