@@ -253,12 +253,16 @@ if [ -n "$pid" ]; then rm -f "/tmp/perf-$pid.map"; fi
 # the patched library at run time.  An uninstalled out-of-tree build finds
 # its library through PYTHONPATH: the source Lib/ and the build's
 # lib.<platform> directory (extension modules; _sysconfigdata).
+# The shell that becomes embed_probe (same pid) first removes a map that an
+# earlier process with that pid left in /tmp (perf's files stay after their
+# process, and pids come round): "writes no map" must be embed_probe's doing.
 run_embed() {   # run_embed BUILDDIR SRC [VAR=value...]
     _b=$1 _s=$2
     shift 2
     _platlib=$_b/$(cat "$_b/pybuilddir.txt")
     (cd "$PROBE" && env LD_LIBRARY_PATH="$_b" PYTHONHOME="$_s:$_b" \
-        PYTHONPATH="$_s/Lib:$_platlib" "$@" ./embed_probe 2>&1)
+        PYTHONPATH="$_s/Lib:$_platlib" "$@" \
+        sh -c 'rm -f "/tmp/perf-$$.map"; exec ./embed_probe' 2>&1)
 }
 say "embedding: embed_probe (linked to stock $LIB) on the patched library, PYTHONPERFSUPPORT=1"
 out=$(run_embed "$PATCHED_B" "$PATCHED_SRC" PYTHONPERFSUPPORT=1) && st=0 || st=$?

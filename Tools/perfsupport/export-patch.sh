@@ -9,7 +9,7 @@
 #                             compare the result with the working tree
 #   export-patch.sh --build   also, in that fresh tree, a plain in-tree
 #                             "./configure && make -j$(nproc)" (with ccache)
-#                             and check that "./python -X perf -c pass" runs
+#                             and check that "./python -X perf" names functions
 #                             and sysconfig has PY_HAVE_PERF_TRAMPOLINE = 1
 set -eu
 PS_TAG="patch"
@@ -103,8 +103,16 @@ step=configure
 }
 say "built in $(( $(date +%s) - t0 ))s"
 export LD_LIBRARY_PATH="$top${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-(cd "$top" && ./python -X perf -c pass) || die "./python -X perf -c pass failed"
-say "./python -X perf -c pass: OK"
+# The shell that becomes the interpreter (same pid) first removes a map
+# that an earlier process with that pid left; the map it writes is checked
+# and removed, so that a check leaves nothing in /tmp.
+pid=$(cd "$top" && sh -c 'rm -f "/tmp/perf-$$.map"; exec ./python -X perf -c "import os; print(os.getpid())"') \
+    || die "./python -X perf -c failed"
+map=/tmp/perf-$pid.map
+named=$(grep -c ' py::' "$map" 2>/dev/null || true)
+rm -f "$map"
+[ "${named:-0}" -gt 0 ] || die "./python -X perf wrote no map naming a Python function ($map)"
+say "./python -X perf: OK ($named functions named in $map, removed)"
 line=$(cd "$top" && ./python -m sysconfig | grep 'PY_HAVE_PERF_TRAMPOLINE' || true)
 [ -n "$line" ] || die "python -m sysconfig shows no PY_HAVE_PERF_TRAMPOLINE"
 say "python -m sysconfig: $(printf '%s\n' "$line" | head -n 1 | sed 's/^[[:space:]]*//')"
