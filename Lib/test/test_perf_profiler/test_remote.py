@@ -8,10 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 import unittest
 
+from test.test_perf_profiler.test_real_perf import HAS_FRAME_POINTERS
 from test.test_perf_profiler.util import (
     PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
     PerfTestCase, map_path, missing_tool, perf_stacks, perf_tool, probe_once)
@@ -485,9 +485,6 @@ for pid in workers:
     os.waitpid(pid, 0)
 print(" ".join(f"pid={pid}" for pid in workers), flush=True)
 """
-
-HAS_FRAME_POINTERS = "-fno-omit-frame-pointer" in (
-    sysconfig.get_config_var("PY_CORE_CFLAGS") or "")
 
 
 @unittest.skipUnless(HAS_FRAME_POINTERS,
