@@ -131,6 +131,17 @@ step "check-regen" $PS_MAKE --no-print-directory check-regen
 
 perf_tests_step "perf tests (fp)" fp $fp_ok
 
+# The tests that run programs as another user, from a checkout under a
+# mode 0700 directory (root's home, where a newcomer clones).
+if [ $fp_ok = no ]; then
+    skip "other users (closed checkout)" "fp build failed"
+elif [ "$(id -u)" -ne 0 ]; then
+    skip "other users (closed checkout)" "needs root"
+else
+    step "other users (closed checkout)" \
+        sh "$PS_TOP/Tools/perfsupport/closed-checkout.sh" fp
+fi
+
 if [ ! -f "$PS_TOP/test_perf.py" ]; then
     skip "test_perf.py" "no test_perf.py in the repository"
 elif [ $fp_ok = no ] || [ $nofp_ok = no ]; then

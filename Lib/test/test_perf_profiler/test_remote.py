@@ -14,7 +14,8 @@ import unittest
 from test.test_perf_profiler.test_real_perf import HAS_FRAME_POINTERS
 from test.test_perf_profiler.util import (
     PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
-    PerfTestCase, map_path, missing_tool, perf_stacks, perf_tool, probe_once)
+    PerfTestCase, as_other_user, map_path, missing_tool, needs, perf_stacks,
+    perf_tool, probe_once)
 
 
 # The perf_switch tool of the source tree this interpreter was built from
@@ -268,12 +269,12 @@ class TestRemoteSwitch(RemoteTestCase):
         self.assertIn("no process 999999999", out)
         self.assertEqual(self.order(proc, "quit"), "done")
 
-    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0,
-                         "needs root to run the client as another user")
+    @needs("other_user")
     def test_other_user_refused(self):
         proc, pid = self.start()
-        res = subprocess.run([sys.executable, SWITCH, str(pid), "perf"],
-                             capture_output=True, text=True, user=65534,
+        res = subprocess.run(as_other_user(self, [sys.executable, SWITCH,
+                                                  str(pid), "perf"]),
+                             capture_output=True, text=True,
                              timeout=SUBPROCESS_TIMEOUT)
         # The tool cannot even look at another user's process.
         self.assertEqual(res.returncode, 2, res)
@@ -289,9 +290,10 @@ class TestRemoteSwitch(RemoteTestCase):
                   "except BrokenPipeError:\n"
                   "    pass\n"
                   "print(s.recv(100).decode().strip())\n")
-        res = subprocess.run([sys.executable, "-c", client,
-                              f"python-perf-{ns}-{pid}"],
-                             capture_output=True, text=True, user=65534,
+        res = subprocess.run(as_other_user(self, [sys.executable, "-c",
+                                                  client,
+                                                  f"python-perf-{ns}-{pid}"]),
+                             capture_output=True, text=True,
                              timeout=SUBPROCESS_TIMEOUT)
         self.assertEqual(res.stdout.strip(), "error permission denied", res)
         self.assertSwitched(pid, "status", "off")
@@ -396,12 +398,8 @@ class TestEmbedderInitialisesAgain(PerfTestCase):
         self.assertGreater(res.stdout.count("--- Pass"), 1, res.stdout)
 
 
-SETPRIV = shutil.which("setpriv")
 
-
-
-@unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0,
-                     "needs root to run the service as another user")
+@needs("other_user")
 class TestRootlessContainer(RemoteTestCase):
     """A rootless container: the service runs as an unprivileged host user
     (nobody) in a user namespace of its own, where it is root, with PID,
@@ -412,11 +410,10 @@ class TestRootlessContainer(RemoteTestCase):
     namespace_error = None      # this class's own probe
 
     def test_switched_by_host_root(self):
-        if UNSHARE is None or SETPRIV is None:
-            self.unavailable("unshare and setpriv (util-linux) are needed")
-        as_nobody = [SETPRIV, "--reuid=65534", "--regid=65534",
-                     "--clear-groups", UNSHARE, "--user", "--map-root-user",
-                     "--pid", "--fork", "--mount", "--net", "--mount-proc"]
+        os.chmod(self.tmp, 0o755)   # nobody must reach it
+        as_nobody = as_other_user(self, [
+            UNSHARE, "--user", "--map-root-user", "--pid", "--fork",
+            "--mount", "--net", "--mount-proc"], paths=[self.tmp])
         error = probe_once(type(self), [*as_nobody, "true"],
                            "make a user namespace as an unprivileged user")
         if error and not self.root_makes_user_namespaces():
@@ -429,7 +426,6 @@ class TestRootlessContainer(RemoteTestCase):
         private = os.path.join(self.tmp, "container-tmp")
         os.mkdir(private)
         os.chmod(private, 0o1777)
-        os.chmod(self.tmp, 0o755)   # nobody must reach it
         shutil.copy(self.script, os.path.join(private, "service.py"))
         os.chmod(os.path.join(private, "service.py"), 0o644)
         wrapper = [*as_nobody, "sh", "-c",

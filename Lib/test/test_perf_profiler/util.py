@@ -14,6 +14,7 @@ import collections
 import glob
 import os
 import re
+import shlex
 import shutil
 import stat
 import struct
@@ -682,3 +683,159 @@ def probe_once(cls, cmd, what):
             f"cannot {what} (exit code {proc.returncode}): "
             f"{proc.stderr.decode(errors='replace')}")
     return cls.namespace_error
+
+
+# ---- Another user -------------------------------------------------------------
+
+# The unprivileged user that tests run programs as (nobody on Debian).
+OTHER_UID = OTHER_GID = 65534
+SETPRIV = shutil.which("setpriv")
+# What a test needs besides what every test needs, marked with needs():
+#   other_user  runs a program as OTHER_UID (through as_other_user(); the
+#               make test step "other users (closed checkout)" runs every
+#               test so marked from a checkout under a mode 0700 directory)
+NEEDS = frozenset({"other_user"})
+
+
+def needs(*what):
+    """Mark a test method or class with what it needs (see NEEDS)."""
+    unknown = set(what) - NEEDS
+    if unknown:
+        raise ValueError(f"unknown needs: {sorted(unknown)}")
+
+    def mark(test):
+        test.perf_test_needs = (frozenset(getattr(test, "perf_test_needs", ()))
+                                | frozenset(what))
+        return test
+    return mark
+
+
+def test_needs(test):
+    """What the TestCase instance test needs, from its method and class."""
+    method = getattr(type(test), test._testMethodName, None)
+    return (frozenset(getattr(method, "perf_test_needs", ()))
+            | frozenset(getattr(type(test), "perf_test_needs", ())))
+
+
+def marked_tests(what, names):
+    """The ids of the tests of the modules or packages named (test.xxx)
+    that are marked with needs(what)."""
+    def walk(suite):
+        for item in suite:
+            if isinstance(item, unittest.TestSuite):
+                yield from walk(item)
+            else:
+                yield item
+    loader = unittest.TestLoader()
+    found = []
+    for name in names:
+        for test in walk(loader.loadTestsFromName(name)):
+            if what in test_needs(test):
+                found.append(test.id())
+    return found
+
+
+def traversable(path, uid, gid):
+    """Whether user uid (group gid, no other group) may enter directory
+    path, by its mode bits (no ACLs: this project never sets any)."""
+    st = os.stat(path)
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def closed_ancestor(path, uid, gid):
+    """The outermost directory above path that user uid cannot enter, or
+    None."""
+    parts = os.path.realpath(path).split(os.sep)[1:-1]
+    current = os.sep
+    for part in parts:
+        current = os.path.join(current, part)
+        if not traversable(current, uid, gid):
+            return current
+    return None
+
+
+def interpreter_paths():
+    """What a child interpreter of this test run reads: its build (or
+    install) directory, the source tree of a build, and its prefixes."""
+    paths = {os.path.dirname(os.path.realpath(sys.executable)),
+             sys.prefix, sys.exec_prefix, sys.base_prefix}
+    srcdir = sysconfig.get_config_var("srcdir")
+    if srcdir and sysconfig.is_python_build():
+        paths.add(srcdir)
+    return {os.path.realpath(path) for path in paths if os.path.isdir(path)}
+
+
+# Run in a mount namespace of its own, as root: $1 is a closed directory,
+# $2 the mode to give it, $3... the paths under it to keep (six at most:
+# descriptors 3 to 8).  Each path is opened first, then a tmpfs of that mode
+# hides the closed directory, and each path is bound back at its name from
+# its descriptor (mount must not canonicalize /proc/self/fd/N: it would find
+# the path's name, now on the tmpfs).  Used by as_other_user() and by
+# "make test"'s closed-checkout step.
+REOPEN_UNDER_TMPFS = r"""
+closed=$1 mode=$2; shift 2
+[ $# -le 6 ] || { echo "more than 6 paths to keep" >&2; exit 125; }
+fd=3
+for path in "$@"; do
+    eval "exec $fd<\"\$path\"" || exit 125
+    fd=$((fd + 1))
+done
+mount -t tmpfs -o "mode=$mode" perf-tests "$closed" || exit 125
+fd=3
+for path in "$@"; do
+    mkdir -p "$path" &&
+        mount --no-canonicalize --bind "/proc/self/fd/$fd" "$path" || exit 125
+    eval "exec $fd<&-"
+    fd=$((fd + 1))
+done
+"""
+
+
+def as_other_user(test, argv, paths=(), uid=OTHER_UID, gid=OTHER_GID):
+    """The command that runs argv as user uid (group gid, no supplementary
+    groups), with the interpreter's own files and the given paths (a test's
+    temporary directory...) reachable to that user at their usual names.
+
+    A checkout may lie under a directory that other users cannot enter
+    (root's home, mode 0700), and the build names its sources by absolute
+    path, so they cannot be moved: the command first enters a mount
+    namespace of its own where every such directory is hidden by a tmpfs
+    of the same mode plus search permission, on which the paths are bound
+    back.  The host's mounts and modes do not change.  Needs root (and
+    util-linux's unshare and setpriv); the test must be marked with
+    @needs("other_user")."""
+    if "other_user" not in test_needs(test):
+        raise AssertionError(f"{test.id()} runs a program as another user: "
+                             "mark it with @needs('other_user')")
+    if os.geteuid() != 0:
+        test.skipTest("needs root to run a program as another user")
+    if UNSHARE is None or SETPRIV is None:
+        tool_unavailable(test, "unshare and setpriv (util-linux) are needed "
+                               "to run a program as another user")
+    wanted = {os.path.realpath(path) for path in paths} | interpreter_paths()
+    by_closed = collections.defaultdict(set)
+    for path in wanted:
+        if not traversable(path, uid, gid):
+            raise AssertionError(f"{path} itself is closed to user {uid}: "
+                                 "its own mode must let other users in")
+        closed = closed_ancestor(path, uid, gid)
+        if closed is not None:
+            by_closed[closed].add(path)
+    become = [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    if not by_closed:
+        return [*become, *argv]
+    setup = []
+    for closed, under in sorted(by_closed.items()):
+        # The outermost paths only: one under another is bound with it.
+        outer = [p for p in sorted(under)
+                 if not any(p.startswith(q + os.sep) for q in under)]
+        mode = stat.S_IMODE(os.stat(closed).st_mode) | 0o111
+        setup.append(shlex.join(["sh", "-c", REOPEN_UNDER_TMPFS, "sh",
+                                 closed, f"{mode:o}", *outer])
+                     + " || exit 125")
+    return [UNSHARE, "--mount", "--propagation", "private", "sh", "-c",
+            "\n".join([*setup, 'exec "$@"']), "sh", *become, *argv]
