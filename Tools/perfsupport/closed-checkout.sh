@@ -56,6 +56,23 @@ with open(sys.argv[1] + ".modules", "w") as f:
 print(f"[closed-checkout] {len(ids)} tests use another user:", *ids,
       sep="\n    ")
 EOF
+# A test that ran a program as another user by other means would escape the
+# step: only util.as_other_user() may.
+./python - <<EOF || exit 1
+import glob, os, re, sys, test
+idiom = re.compile(r"\\buser\\s*=|setpriv|SETPRIV|--reuid|setre?s?uid\\(")
+here = os.path.dirname(test.__file__)
+paths = (glob.glob(os.path.join(here, "test_perf*.py"))
+         + glob.glob(os.path.join(here, "test_perf*", "*.py")))
+found = [f"{path}:{n}: {line.strip()}"
+         for path in sorted(paths) if os.path.basename(path) != "util.py"
+         for n, line in enumerate(open(path, encoding="utf-8"), 1)
+         if idiom.search(line)]
+if found:
+    print("runs a program as another user without util.as_other_user():",
+          *found, sep="\n    ", file=sys.stderr)
+    sys.exit(1)
+EOF
 count=$(wc -l < "$matches")
 [ "$count" -gt 0 ] || { echo "no test is marked @needs(\"other_user\")" >&2; exit 1; }
 PERF_TESTS_REQUIRE_TOOLS=1 ./python -m test -v --matchfile="$matches" \
@@ -73,15 +90,16 @@ fi
 echo "[closed-checkout] $ran of $count passed, none skipped"
 '
 
+# What to bind back: the checkout, and the build directory if it lies
+# elsewhere under the parent.
+set -- "$top"
 case "$build/" in
-    "$top"/*) keep=$top ;;
-    "$parent"/*) keep="$top $build" ;;
-    *) keep=$top ;;
+    "$top"/*) ;;
+    "$parent"/*) set -- "$top" "$build" ;;
 esac
 reopen=$(cd "$build/$flavor" && ./python -c \
     'from test.test_perf_profiler import util; print(util.REOPEN_UNDER_TMPFS)') ||
     die "cannot read util.REOPEN_UNDER_TMPFS from $python"
 say "closing $parent around $top (private mount namespace)"
-# shellcheck disable=SC2086
 reopen=$reopen top=$top build=$build flavor=$flavor matches=$matches \
-    unshare --mount --propagation private sh -c "$inside" sh "$parent" $keep
+    unshare --mount --propagation private sh -c "$inside" sh "$parent" "$@"
