@@ -49,8 +49,12 @@
  *
  * The objects
  * -----------
- * Each object is a small ELF64 file that describes code without carrying
- * any (its byte order and machine are the process's own):
+ * Two kinds of objects are registered: one per trampoline arena, made when
+ * the arena is, that only says how to unwind through each of its
+ * trampolines (see "Arenas" below), and the chunks' objects, which name
+ * the trampolines once they have run.  Each object is a small ELF64 file
+ * that describes code without carrying any (its byte order and machine
+ * are the process's own).  A chunk's object is
  *
  *   ELF header        ET_DYN, EM_X86_64 or EM_AARCH64, no program headers
  *   section headers   [0] null         [1] .text        [2] .eh_frame
@@ -93,6 +97,42 @@
  * symbol's name (DW_FORM_strp), .debug_str being .strtab under another
  * section header: names are stored once and entries have a fixed size.
  *
+ * Arenas: unwinding before the names
+ * ----------------------------------
+ * Names reach a watching gdb late by design (see "When to publish" below),
+ * and a core file shows the list as it was when the process died.  A
+ * trampoline that runs before its chunk is published must not stop the
+ * backtrace: gdb, with no unwind rule for its address, would take it for
+ * a frameless function and lose every outer frame, main() included ("??"
+ * frames, then "Backtrace stopped").  So when Python/perf_trampoline.c
+ * has filled a new arena, before any trampoline in it runs, the arena is
+ * described at once, whoever watches: one registration, one gdb stop per
+ * arena (thousands of trampolines), never withdrawn, since arenas are
+ * never unmapped.  Its object is
+ *
+ *   ELF header        as a chunk's, with four section headers
+ *   section headers   [0] null  [1] .text  [2] .eh_frame  [3] .shstrtab
+ *   .eh_frame         the CIE, then one FDE per slot of the arena, each
+ *                     with the template's rules, and the terminator
+ *
+ * gdb then unwinds through any trampoline of the arena, named or not: it
+ * shows "?? ()" for a trampoline whose chunk has not been published yet,
+ * and its name once it is.  The rules depend on the offset in the
+ * template, so each slot has its FDE (40 bytes on x86-64), a copy of the
+ * template's with its own pc_begin; the free room after the code of a
+ * slot, which never runs, has none.
+ *
+ * The .text of an arena's object is empty.  gdb keeps a map of the
+ * sections of all its objects by address, and of two overlapping sections
+ * it keeps the one that starts first: a .text over the whole arena would
+ * push the .text of every chunk in it out of the map (gdb 13 still names
+ * the frames, from .debug_info, but says "unexpected overlap ... Will
+ * ignore section B" under "set complaints", and any lookup through the
+ * map would find the arena's nameless section).  An empty section is not
+ * in the map, so the chunks' sections stay as they were; the unwinder
+ * finds the FDEs by address, in every object, without a section.  Where a
+ * chunk's object describes a trampoline too, its FDE says the same.
+ *
  * Chunks: few objects, few stops
  * ------------------------------
  * While gdb is attached, every call of __jit_debug_register_code() is a
@@ -128,7 +168,9 @@
  * are named before they run; the rest of a burst of new code is published
  * when the chunk is full or by a flusher thread at most PUBLISH_INTERVAL
  * later.  The number of stops then grows with the number of new functions
- * and with time, not faster: start-up under gdb stays linear.
+ * and with time, not faster: start-up under gdb stays linear.  Meanwhile,
+ * the arena's object lets gdb unwind through the trampolines it has no
+ * names for yet.
  *
  * When the code objects of all the trampolines of a sealed chunk have died
  * (_PyPerfGdb_ForgetTrampoline()), the chunk is withdrawn and freed: what
@@ -139,8 +181,9 @@
  * Everything here runs under one pthread mutex.  The list is updated in an
  * order that keeps it walkable from first_entry at every instruction
  * (gdb may stop the process anywhere); compiler barriers keep that order.
- * A forked child keeps the descriptions, which describe its own copies of
- * the same trampolines, and re-initialises the mutex: the parent's other
+ * A forked child keeps the descriptions (the arenas' and the chunks'),
+ * which describe its own copies of the same trampolines, and describes the
+ * arenas it maps itself; it re-initialises the mutex: the parent's other
  * threads do not exist in the child.  The trampolines are named with the
  * GIL held and the thread that forks holds it, so the lock is never held
  * by another thread in the middle of an update at fork time.
@@ -149,11 +192,15 @@
  * ------
  * Objects and chunks come from malloc().  Nothing here raises or
  * reports: if an allocation fails, the trampolines named from then on are
- * simply not described (the latch `failed`); the objects registered so far
- * stay valid.  The descriptions live as long as the trampolines they
- * describe: for the life of the process, since the arenas are never
- * unmapped.  Python's allocators are not used: their hooks (tracemalloc's)
- * may take the GIL, which must never be waited for under gdb_lock.
+ * simply not described (the latch `failed`), or an arena has no unwind
+ * rules (its trampolines get them with their names); the objects
+ * registered so far stay valid.  An arena's object takes 2.5 times the
+ * arena's size with the perf map's 16-byte slots (160 KiB for 4096 slots
+ * on x86-64), less with roomier slots.  The descriptions live as long as
+ * the trampolines they describe: for the life of the process, since the
+ * arenas are never unmapped.  Python's allocators are not used: their
+ * hooks (tracemalloc's) may take the GIL, which must never be waited for
+ * under gdb_lock.
  */
 
 #include "Python.h"
@@ -381,12 +428,14 @@ section_header(unsigned char *object, int index)
     return (Elf64_Shdr *)(object + sizeof(Elf64_Ehdr)) + index;
 }
 
+/* Section header number index, for the section that chunk objects have
+   at index name (the names are those of section_names[]). */
 static Elf64_Shdr *
-new_section(unsigned char *object, int index, uint32_t type, size_t offset,
-            size_t alignment)
+new_section(unsigned char *object, int index, int name, uint32_t type,
+            size_t offset, size_t alignment)
 {
     Elf64_Shdr *header = section_header(object, index);
-    header->sh_name = layout.name_offset[index];
+    header->sh_name = layout.name_offset[name];
     header->sh_type = type;
     header->sh_offset = offset;
     header->sh_addralign = alignment;
@@ -402,14 +451,11 @@ put_le(unsigned char *object, size_t *pos, uint64_t value, size_t size)
     *pos += size;
 }
 
-/* Write the parts of an object that never change: the ELF header, the
-   section headers but their sizes, the section names, the abbreviations,
-   the null symbol, the CIE, the unit's entry and its name. */
+/* The ELF header of an object with count section headers, the last one
+   for .shstrtab, which holds every name of section_names[]. */
 static void
-write_fixed_part(unsigned char *object)
+write_elf_header(unsigned char *object, int count)
 {
-    memset(object, 0, layout.strtab_offset);
-
     Elf64_Ehdr *header = (Elf64_Ehdr *)object;
     memcpy(header->e_ident, ELFMAG, SELFMAG);
     header->e_ident[EI_CLASS] = ELFCLASS64;
@@ -422,37 +468,53 @@ write_fixed_part(unsigned char *object)
     header->e_shoff = sizeof(Elf64_Ehdr);
     header->e_ehsize = sizeof(Elf64_Ehdr);
     header->e_shentsize = sizeof(Elf64_Shdr);
-    header->e_shnum = SEC_COUNT;
-    header->e_shstrndx = SEC_SHSTRTAB;
+    header->e_shnum = (Elf64_Half)count;
+    header->e_shstrndx = (Elf64_Half)(count - 1);
 
-    Elf64_Shdr *sh;
-    sh = new_section(object, SEC_TEXT, SHT_NOBITS, layout.strtab_offset, 16);
-    sh->sh_flags = SHF_ALLOC | SHF_EXECINSTR;
-    new_section(object, SEC_EH_FRAME, SHT_PROGBITS, layout.eh_frame_offset, 8);
-    new_section(object, SEC_DEBUG_INFO, SHT_PROGBITS,
-                layout.debug_info_offset, 1);
-    sh = new_section(object, SEC_DEBUG_ABBREV, SHT_PROGBITS,
-                     layout.debug_abbrev_offset, 1);
-    sh->sh_size = sizeof(debug_abbrev);
-    /* .debug_str and .strtab are the same bytes: the entries name the
-       trampolines with the symbols' names. */
-    sh = new_section(object, SEC_DEBUG_STR, SHT_PROGBITS,
-                     layout.strtab_offset, 1);
-    sh->sh_flags = SHF_MERGE | SHF_STRINGS;
-    sh->sh_entsize = 1;
-    sh = new_section(object, SEC_SYMTAB, SHT_SYMTAB, layout.symtab_offset, 8);
-    sh->sh_link = SEC_STRTAB;
-    sh->sh_info = 1;                // the first global symbol
-    sh->sh_entsize = sizeof(Elf64_Sym);
-    new_section(object, SEC_STRTAB, SHT_STRTAB, layout.strtab_offset, 1);
-    sh = new_section(object, SEC_SHSTRTAB, SHT_STRTAB,
-                     layout.shstrtab_offset, 1);
+    Elf64_Shdr *sh = new_section(object, count - 1, SEC_SHSTRTAB, SHT_STRTAB,
+                                 layout.shstrtab_offset, 1);
     sh->sh_size = layout.shstrtab_size;
-
     for (int i = 0; i < SEC_COUNT; i++) {
         memcpy(object + layout.shstrtab_offset + layout.name_offset[i],
                section_names[i], strlen(section_names[i]) + 1);
     }
+}
+
+/* Write the parts of a chunk's object that never change: the ELF header,
+   the section headers but their sizes, the section names, the
+   abbreviations, the null symbol, the CIE, the unit's entry and its
+   name. */
+static void
+write_fixed_part(unsigned char *object)
+{
+    memset(object, 0, layout.strtab_offset);
+    write_elf_header(object, SEC_COUNT);
+
+    Elf64_Shdr *sh;
+    sh = new_section(object, SEC_TEXT, SEC_TEXT, SHT_NOBITS,
+                     layout.strtab_offset, 16);
+    sh->sh_flags = SHF_ALLOC | SHF_EXECINSTR;
+    new_section(object, SEC_EH_FRAME, SEC_EH_FRAME, SHT_PROGBITS,
+                layout.eh_frame_offset, 8);
+    new_section(object, SEC_DEBUG_INFO, SEC_DEBUG_INFO, SHT_PROGBITS,
+                layout.debug_info_offset, 1);
+    sh = new_section(object, SEC_DEBUG_ABBREV, SEC_DEBUG_ABBREV, SHT_PROGBITS,
+                     layout.debug_abbrev_offset, 1);
+    sh->sh_size = sizeof(debug_abbrev);
+    /* .debug_str and .strtab are the same bytes: the entries name the
+       trampolines with the symbols' names. */
+    sh = new_section(object, SEC_DEBUG_STR, SEC_DEBUG_STR, SHT_PROGBITS,
+                     layout.strtab_offset, 1);
+    sh->sh_flags = SHF_MERGE | SHF_STRINGS;
+    sh->sh_entsize = 1;
+    sh = new_section(object, SEC_SYMTAB, SEC_SYMTAB, SHT_SYMTAB,
+                     layout.symtab_offset, 8);
+    sh->sh_link = SEC_STRTAB;
+    sh->sh_info = 1;                // the first global symbol
+    sh->sh_entsize = sizeof(Elf64_Sym);
+    new_section(object, SEC_STRTAB, SEC_STRTAB, SHT_STRTAB,
+                layout.strtab_offset, 1);
+
     memcpy(object + layout.debug_abbrev_offset, debug_abbrev,
            sizeof(debug_abbrev));
     /* The null symbol is all zeros already. */
@@ -472,6 +534,20 @@ write_fixed_part(unsigned char *object)
     /* .strtab: the empty name, then the unit's name. */
     object[layout.strtab_offset] = '\0';
     memcpy(object + layout.strtab_offset + 1, UNIT_NAME, sizeof(UNIT_NAME));
+}
+
+/* Write at offset fde of object the FDE of the trampoline at code, for
+   the .eh_frame that starts at offset eh_frame with the CIE. */
+static void
+write_fde(unsigned char *object, size_t eh_frame, size_t fde, uintptr_t code)
+{
+    memcpy(object + fde, layout.eh_template + layout.eh.fde_offset,
+           layout.fde_size);
+    /* The CIE pointer: from this field back to the CIE. */
+    uint32_t cie_pointer = (uint32_t)(fde + 4 - eh_frame);
+    memcpy(object + fde + 4, &cie_pointer, 4);
+    uint64_t pc_begin = (uint64_t)code;
+    memcpy(object + fde + layout.pc_begin_in_fde, &pc_begin, 8);
 }
 
 /* ---- Chunks and their images -------------------------------------------- */
@@ -545,9 +621,8 @@ notify(gdb_jit_entry *entry, uint32_t action)
 }
 
 static void
-register_image(image *img)
+register_entry(gdb_jit_entry *entry)
 {
-    gdb_jit_entry *entry = &img->entry;
     gdb_jit_entry *first = __jit_debug_descriptor.first_entry;
     entry->prev = NULL;
     entry->next = first;
@@ -557,8 +632,14 @@ register_image(image *img)
         first->prev = entry;
     }
     __jit_debug_descriptor.first_entry = entry;
-    img->registered = 1;
     notify(entry, GDB_JIT_REGISTER);
+}
+
+static void
+register_image(image *img)
+{
+    img->registered = 1;
+    register_entry(&img->entry);
 }
 
 static void
@@ -691,14 +772,7 @@ append(image *img, uintptr_t code, size_t size, const char *name,
            name_size);
     img->strtab_size += name_size;
 
-    size_t fde = fde_offset(index);
-    memcpy(img->object + fde, layout.eh_template + layout.eh.fde_offset,
-           layout.fde_size);
-    /* The CIE pointer: from this field back to the CIE. */
-    uint32_t cie_pointer = (uint32_t)(fde + 4 - layout.eh_frame_offset);
-    memcpy(img->object + fde + 4, &cie_pointer, 4);
-    uint64_t pc_begin = (uint64_t)code;
-    memcpy(img->object + fde + layout.pc_begin_in_fde, &pc_begin, 8);
+    write_fde(img->object, layout.eh_frame_offset, fde_offset(index), code);
 
     size_t pos = die_offset(index);
     put_le(img->object, &pos, ABBREV_FUNCTION, 1);
@@ -952,6 +1026,72 @@ add_locked(uintptr_t code, size_t size, const char *name)
     return c;
 }
 
+/* ---- Arenas: unwinding before the names --------------------------------- */
+
+/* The sections of an arena's object. */
+enum {
+    ARENA_SEC_NULL,
+    ARENA_SEC_TEXT,
+    ARENA_SEC_EH_FRAME,
+    ARENA_SEC_SHSTRTAB,
+    ARENA_SEC_COUNT
+};
+
+/* An arena's object, registered for good. */
+typedef struct {
+    gdb_jit_entry entry;
+    unsigned char object[];
+} arena_description;
+
+static void
+add_arena_locked(uintptr_t memory, size_t slot_size, size_t count)
+{
+    if (!layout.ready && compute_layout() < 0) {
+        return;
+    }
+    /* The ELF header, the section headers, the section names: laid out
+       as in a chunk's object. */
+    size_t eh_frame = ROUND_UP_8(layout.shstrtab_offset
+                                 + layout.shstrtab_size);
+    size_t size = eh_frame + layout.cie_size + count * layout.fde_size + 4;
+    arena_description *d = malloc(sizeof(arena_description) + size);
+    if (d == NULL) {
+        return;                 // the names will come without it
+    }
+    unsigned char *object = d->object;
+    memset(object, 0, eh_frame);
+    write_elf_header(object, ARENA_SEC_COUNT);
+    /* An empty .text, in no lookup: one over the arena would push the
+       chunks' out of gdb's map of sections (see "Arenas" above). */
+    Elf64_Shdr *sh = new_section(object, ARENA_SEC_TEXT, SEC_TEXT,
+                                 SHT_NOBITS, size, 16);
+    sh->sh_flags = SHF_ALLOC | SHF_EXECINSTR;
+    sh->sh_addr = (Elf64_Addr)memory;
+    sh = new_section(object, ARENA_SEC_EH_FRAME, SEC_EH_FRAME, SHT_PROGBITS,
+                     eh_frame, 8);
+    sh->sh_size = size - eh_frame;
+
+    memcpy(object + eh_frame, layout.eh_template, layout.cie_size);
+    size_t fde = eh_frame + layout.cie_size;
+    for (size_t i = 0; i < count; i++) {
+        write_fde(object, eh_frame, fde, memory + i * slot_size);
+        fde += layout.fde_size;
+    }
+    memset(object + fde, 0, 4);                 // the terminator
+
+    d->entry.symfile_addr = (const char *)object;
+    d->entry.symfile_size = size;
+    register_entry(&d->entry);
+}
+
+void
+_PyPerfGdb_AddArena(const void *memory, size_t slot_size, size_t count)
+{
+    pthread_mutex_lock(&gdb_lock);
+    add_arena_locked((uintptr_t)memory, slot_size, count);
+    pthread_mutex_unlock(&gdb_lock);
+}
+
 void *
 _PyPerfGdb_AddTrampoline(const void *code, size_t size, const char *name)
 {
@@ -1020,6 +1160,12 @@ _PyPerfGdb_AfterForkChild(void)
 
 /* No trampolines, or an architecture without unwind rules: nothing to
    describe. */
+
+void
+_PyPerfGdb_AddArena(const void *Py_UNUSED(memory), size_t Py_UNUSED(slot_size),
+                    size_t Py_UNUSED(count))
+{
+}
 
 void *
 _PyPerfGdb_AddTrampoline(const void *Py_UNUSED(code), size_t Py_UNUSED(size),

@@ -34,7 +34,9 @@
  * each trampoline to the active backend once (see "epochs" below).  Whatever the backend, the
  * first time a trampoline is named it is also described to gdb through its
  * JIT interface (Python/perf_gdb_jit.c), so that debugger backtraces, live
- * or from a core file, show the same names.
+ * or from a core file, show the same names; each arena's unwind rules are
+ * described to gdb as soon as it is filled, so that backtraces go through
+ * the trampolines that have no names yet.
  *
  * The hook
  * --------
@@ -337,6 +339,11 @@ new_arena(size_t slot)
         return NULL;
     }
     __builtin___clear_cache(memory, memory + size);
+    if (perf_state.gdb_enabled) {
+        /* gdb can unwind through the trampolines before they have names
+           (they get them when they first run: Python/perf_gdb_jit.c). */
+        _PyPerfGdb_AddArena(memory, slot, capacity);
+    }
 
     arena->memory = memory;
     arena->mapped_size = size;

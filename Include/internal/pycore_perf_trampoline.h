@@ -363,6 +363,12 @@ extern void _PyPerf_BuildInjectUnwind(_PyPerf_InjectUnwind *info,
 
 /* ---- gdb's JIT interface (Python/perf_gdb_jit.c) ---- */
 
+/* Describe to debuggers how to unwind through each of the count
+   trampolines of a new arena, slot_size bytes apart from memory on, before
+   any of them runs and before they have names.  One registration per
+   arena; never fails (without memory, the arena is not described). */
+extern void _PyPerfGdb_AddArena(const void *memory, size_t slot_size,
+                                size_t count);
 /* Describe a trampoline of size bytes at code, named name
    ("py::qualname:filename"), to debuggers that read the process's
    __jit_debug_descriptor (gdb, live or from a core file).  Called once per

@@ -40,11 +40,15 @@ TIMEOUT = support.SHORT_TIMEOUT
 # functions run that <module> and foo are described in different chunks.
 # "switch" runs foo under both backends, then traps; "fork" traps in a
 # forked child, under a function that only the child runs.  "quiet" waits,
-# then runs three new functions that trap at once.
+# then runs three new functions that trap at once.  "now" traps at once,
+# then again after a wait; "attach" waits for a debugger to attach, then
+# runs a burst of new functions and does what "now" does.
 #
 # While gdb watches, a burst of new functions reaches it at most
 # FLUSH_DELAY later (Python/perf_gdb_jit.c, "Chunks"): "trap" waits that
 # long before it stops, after the burst of f0..f149, foo, bar and baz.
+# "now", "attach" and "abort" stop within that time: gdb may have no names
+# yet for foo, bar and baz, but must unwind through them all the same.
 FLUSH_DELAY = 0.1
 SCRIPT = f"""\
 import os
@@ -56,6 +60,10 @@ print(f"pid={{os.getpid()}}", flush=True)
 
 def baz(action):
     if action == "trap":
+        time.sleep({3 * FLUSH_DELAY:.1f})
+        os.kill(os.getpid(), signal.SIGTRAP)
+    elif action == "now":
+        os.kill(os.getpid(), signal.SIGTRAP)
         time.sleep({3 * FLUSH_DELAY:.1f})
         os.kill(os.getpid(), signal.SIGTRAP)
     elif action == "wait":
@@ -70,12 +78,25 @@ def bar(action):
 def foo(action):
     bar(action)
 
-namespace = {{}}
-exec("".join(f"def f{{i}}(): pass\\n" for i in range(150)), namespace)
-for i in range(150):
-    namespace[f"f{{i}}"]()
+def burst(prefix):
+    namespace = {{}}
+    exec("".join(f"def {{prefix}}{{i}}(): pass\\n" for i in range(150)),
+         namespace)
+    for i in range(150):
+        namespace[f"{{prefix}}{{i}}"]()
+
+burst("f")
 action = sys.argv[1]
-if action == "quiet":
+if action == "attach":
+    print("ready", flush=True)
+    while True:
+        with open("/proc/self/status") as status:
+            if "TracerPid:\\t0\\n" not in status.read():
+                break
+        time.sleep(0.01)
+    burst("g")
+    foo("now")
+elif action == "quiet":
     time.sleep({3 * FLUSH_DELAY:.1f})
     exec('''
 def qbaz():
@@ -115,6 +136,8 @@ FRAME_LINE = re.compile(r"^#(\d+)\s+(?:0x[0-9a-fA-F]+ in )?(.+?) \(",
 JIT_ERRORS = ("Unable to find JITed code entry",
               "JITed symbol file is not an object file",
               "Unsupported JIT protocol version")
+# Printed by gdb between two backtraces of one session.
+MARK = "--- after the wait ---"
 
 
 def gdb_command(*args):
@@ -181,10 +204,11 @@ class TestGdbBacktrace(unittest.TestCase):
         return self.run_gdb(*ex, "--args",
                             *self.python_args(xoptions, action))
 
-    def start_waiting(self, xoptions):
-        """Start the script with action "wait"; return the process, blocked
-        in read() under foo -> bar -> baz."""
-        proc = subprocess.Popen(self.python_args(xoptions, "wait"),
+    def start_waiting(self, xoptions, action="wait"):
+        """Start the script with action "wait" (or "attach"); return the
+        process once it is ready: blocked in read() under foo -> bar -> baz
+        (or waiting for a debugger)."""
+        proc = subprocess.Popen(self.python_args(xoptions, action),
                                 stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE,
@@ -241,6 +265,32 @@ class TestGdbBacktrace(unittest.TestCase):
         # One frame per Python function: nothing unnamed in between.
         self.assertNotIn("??", frames[positions[0]:positions[-1]], output)
 
+    def assertUnwindsThroughTrampolines(self, output):
+        """gdb unwinds through the trampolines of baz, bar, foo and
+        <module>, in that order, to main(): each trampoline frame shows
+        once, with its name or as "??" if gdb has none yet, and there is no
+        other frame that gdb cannot place."""
+        for error in JIT_ERRORS:
+            self.assertNotIn(error, output)
+        self.assertNotIn("Backtrace stopped", output)
+        frames = self.frames(output)
+        self.assertTrue({"Py_BytesMain", "main"} & set(frames),
+                        f"the backtrace stops before main():\n{output}")
+        trampolines = [f for f in frames if f == "??" or f.startswith("py::")]
+        expected = [self.py_name(q) for q in ("baz", "bar", "foo", "<module>")]
+        self.assertEqual(len(trampolines), len(expected), output)
+        for frame, name in zip(trampolines, expected):
+            if frame != "??":
+                self.assertEqual(frame, name, output)
+
+    def assertNamedAfterTheWait(self, output):
+        """Before MARK, gdb stopped the script at once; after it, the names
+        had time to come."""
+        at_once, mark, later = output.partition(MARK)
+        self.assertTrue(mark, output)
+        self.assertUnwindsThroughTrampolines(at_once)
+        self.assertPythonBacktrace(later)
+
     # ---- gdb starts the process --------------------------------------
 
     def test_run_perf(self):
@@ -264,6 +314,18 @@ class TestGdbBacktrace(unittest.TestCase):
             self.assertIn(name, frames, output)
         self.assertEqual([frames.index(n) for n in names],
                          sorted(frames.index(n) for n in names), output)
+
+    def test_run_stopped_at_once(self):
+        # gdb stops the script right after a burst of new functions, before
+        # the last ones are named: it unwinds through their trampolines all
+        # the same, and the names come within the publication interval.
+        for xoption in ("perf", "perf_jit"):
+            with self.subTest(xoption=xoption):
+                output = self.run_under_gdb(["-X", xoption], "now", "bt",
+                                            f"echo {MARK}\\n", "continue",
+                                            "bt")
+                self.assertEqual(output.count("SIGTRAP"), 2, output)
+                self.assertNamedAfterTheWait(output)
 
     def test_no_python_frames_without_perf(self):
         output = self.run_under_gdb([], "trap", "bt")
@@ -306,16 +368,28 @@ class TestGdbBacktrace(unittest.TestCase):
         output = self.attach(proc, "bt")
         self.assertPythonBacktrace(output)
 
+    def test_attach_stopped_at_once(self):
+        # The burst of new functions and foo -> bar -> baz run after gdb
+        # attached, and baz traps at once.
+        proc = self.start_waiting(["-X", "perf"], "attach")
+        output = self.attach(proc, "continue", "bt", f"echo {MARK}\\n",
+                             "continue", "bt")
+        self.assertEqual(output.count("SIGTRAP"), 2, output)
+        self.assertNamedAfterTheWait(output)
+
     # ---- core files --------------------------------------------------
+
+    def skip_if_gcore_too_big(self):
+        if support.check_sanitizer(address=True):
+            self.skipTest("gcore would write AddressSanitizer's shadow "
+                          "memory (terabytes of address space)")
 
     def read_core(self, core):
         return self.run_gdb("-ex", "bt", sys.executable, core)
 
     def gcore(self, xoptions):
         """A core file of the waiting script, written by gdb's gcore."""
-        if support.check_sanitizer(address=True):
-            self.skipTest("gcore would write AddressSanitizer's shadow "
-                          "memory (terabytes of address space)")
+        self.skip_if_gcore_too_big()
         proc = self.start_waiting(xoptions)
         core = os.path.join(self.tmp, f"gcore.{proc.pid}")
         output = self.attach(proc, f"gcore {core}")
@@ -365,6 +439,16 @@ class TestGdbBacktrace(unittest.TestCase):
     def test_gcore_perf_jit(self):
         core = self.gcore(["-X", "perf_jit"])
         self.assertPythonBacktrace(self.read_core(core))
+
+    def test_gcore_at_once(self):
+        # The script aborts under gdb right after a burst of new functions;
+        # the core, dumped before the last ones are named, still unwinds.
+        self.skip_if_gcore_too_big()
+        core = os.path.join(self.tmp, "gcore.at-once")
+        output = self.run_under_gdb(["-X", "perf"], "abort", f"gcore {core}")
+        self.assertIn("SIGABRT", output)
+        self.assertTrue(os.path.exists(core), output)
+        self.assertUnwindsThroughTrampolines(self.read_core(core))
 
 
 if __name__ == "__main__":
