@@ -29,7 +29,7 @@ from test.support import import_helper, os_helper, threading_helper
 from test.test_perf_profiler import test_failures
 from test.test_perf_profiler.util import (
     CHILD_PREAMBLE, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
-    PerfTestCase, entry_name, jitdump_path, map_path, probe_once)
+    PerfTestCase, entry_name, jitdump_path, map_path, probe_once, unshare)
 
 
 BACKENDS = ("perf", "perf_jit")
@@ -716,7 +716,7 @@ class TestFreshFilesPerProcess(HardeningTestCase):
         pid 1 before and after the test."""
         if UNSHARE is None:
             self.unavailable("unshare (util-linux) is not installed")
-        error = probe_once(type(self), [UNSHARE, "--pid", "--fork", "true"],
+        error = probe_once(type(self), [*unshare("--pid", "--fork"), "true"],
                            "make a PID namespace with unshare")
         if error:
             self.unavailable(error)
@@ -748,7 +748,7 @@ class TestFreshFilesPerProcess(HardeningTestCase):
 
     def run_as_pid_1(self, backend):
         res = self.run_python("-X", backend, "-c", FRESH_PID_CODE,
-                              wrapper=(UNSHARE, "--pid", "--fork"))
+                              wrapper=unshare("--pid", "--fork"))
         if res.rc != 0 and b"Operation not permitted" in res.err:
             self.unavailable(f"unshare --pid: "
                              f"{res.err.decode(errors='replace')}")
@@ -1107,7 +1107,7 @@ class TestForeignFreeFunction(HardeningTestCase):
 
 
 
-# ---- F12: found by trying to break the reshaped code -------------------------
+# ---- F12: found by trying to break the reshaped code ------------------------
 
 # The parent names many functions, forks with persistence on, and names new
 # ones at once; the child names child_only.  The child prints its map's

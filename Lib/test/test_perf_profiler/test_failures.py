@@ -13,7 +13,7 @@ import unittest
 from test.support import import_helper
 from test.test_perf_profiler.util import (
     BEHAVIOUR_SCRIPT, SUBPROCESS_TIMEOUT, TRY_ACTIVATE, UNSHARE, PerfTestCase,
-    entry_name, jitdump_path, map_path, remove_path)
+    entry_name, jitdump_path, map_path, remove_path, unshare)
 
 
 # ---- Hostile /tmp -----------------------------------------------------------
@@ -270,7 +270,7 @@ class TestDiskFull(FailureTestCase):
 
 class TestPrivateTmp(FailureTestCase):
     """/tmp where the files cannot be made, in a private mount namespace
-    (unshare(1), run as root): a new tmpfs mounted noexec (the jitdump
+    (util.unshare()): a new tmpfs mounted noexec (the jitdump
     cannot be mapped executable) or read-only (nothing can be created).
     The directories of the interpreter, its library and the test are bound
     back into it, so the child runs as it would elsewhere; the files it
@@ -315,8 +315,13 @@ class TestPrivateTmp(FailureTestCase):
             old = shlex.quote(os.path.join("/proc/self/cwd", name))
             setup.append(f"mount --no-canonicalize --bind {old} {new}")
         # The options come last: a read-only /tmp takes no mount points.
-        setup += [f"mount -o remount,{options} /tmp", "cd /", 'exec "$@"']
-        return [UNSHARE, "--mount", "--propagation", "private",
+        # They change this mount only (bind), which is all the tests need
+        # and all that a plain user's namespace may do: remounting the
+        # tmpfs itself there fails ("mount point not mounted or bad
+        # option").
+        setup += [f"mount -o remount,bind,{options} /tmp", "cd /",
+                  'exec "$@"']
+        return [*unshare("--mount", "--propagation", "private"),
                 "sh", "-c", "\n".join(setup), "sh"]
 
     def run_private(self, options, backend, how):

@@ -15,7 +15,7 @@ from test.test_perf_profiler.test_real_perf import HAS_FRAME_POINTERS
 from test.test_perf_profiler.util import (
     PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
     PerfTestCase, as_other_user, map_path, missing_tool, needs, perf_stacks,
-    perf_tool, probe_once)
+    perf_tool, probe_once, unshare)
 
 
 # The perf_switch tool of the source tree this interpreter was built from
@@ -336,8 +336,8 @@ class TestRemoteSwitch(RemoteTestCase):
         # /tmp of its own; switched by its host pid from here.
         if UNSHARE is None:
             self.unavailable("unshare (util-linux) is not installed")
-        error = probe_once(type(self), [UNSHARE, "--pid", "--fork",
-                                        "--mount", "--net", "true"],
+        error = probe_once(type(self), [*unshare("--pid", "--fork",
+                                                 "--mount", "--net"), "true"],
                            "make PID, mount and network namespaces")
         if error:
             self.unavailable(error)
@@ -346,8 +346,8 @@ class TestRemoteSwitch(RemoteTestCase):
         os.chmod(private, 0o1777)
         # The container's /tmp hides ours: the service lives in its own.
         shutil.copy(self.script, os.path.join(private, "service.py"))
-        wrapper = [UNSHARE, "--pid", "--fork", "--mount", "--net",
-                   "--mount-proc", "sh", "-c",
+        wrapper = [*unshare("--pid", "--fork", "--mount", "--net",
+                            "--mount-proc"), "sh", "-c",
                    f'mount --bind "{private}" /tmp && exec "$@"', "sh"]
         proc, host_pid = self.start(wrapper=wrapper, pid_of=self.host_pid,
                                     script="/tmp/service.py")
@@ -487,8 +487,9 @@ print(" ".join(f"pid={pid}" for pid in workers), flush=True)
                      "perf record -g needs an interpreter built with frame "
                      "pointers")
 class TestPreforkServerRecorded(RemoteTestCase):
-    """perf record -a -g of a pre-forking server switched on from outside
-    before it forks: every worker's samples name its Python functions."""
+    """perf record -g (system-wide as root) of a pre-forking server switched
+    on from outside before it forks: every worker's samples name its Python
+    functions."""
 
     def test_every_worker_named(self):
         if PERF is None:
@@ -497,15 +498,19 @@ class TestPreforkServerRecorded(RemoteTestCase):
         proc, pid = self.start()
         self.assertSwitched(pid, "perf", "perf")
         data = os.path.join(self.tmp, "perf.data")
+        # System-wide, as an operator records a host; a plain user may not
+        # (perf_event_paranoid above 0) and records the server instead,
+        # whose events its workers inherit when they fork.
+        target = ["-a"] if os.geteuid() == 0 else ["-p", str(pid)]
         recorder = subprocess.Popen(
-            [PERF, "record", "-a", "-g", "-F", "999", "-o", data, "--",
+            [PERF, "record", *target, "-g", "-F", "999", "-o", data, "--",
              "sleep", str(PERF_TIMEOUT)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
         try:
             time.sleep(1.0)             # perf opens its events on every CPU
             if recorder.poll() is not None:
-                self.unavailable(f"perf record -a failed: "
+                self.unavailable(f"perf record {target[0]} failed: "
                                  f"{recorder.stderr.read()[-2000:]!r}")
             proc.stdin.write(b"go\n")
             proc.stdin.flush()

@@ -672,6 +672,18 @@ def count_chains(stacks, filename, qualnames):
 UNSHARE = shutil.which("unshare")
 
 
+def unshare(*options):
+    """The command that runs what follows it in new namespaces, as asked
+    by options (unshare(1)'s).  Root makes them as they are; any other
+    user also makes a user namespace of their own, where they are root
+    (--map-root-user): the only way the kernel lets a plain user make the
+    others, so that `make test` run by a plain user runs these tests too.
+    Every test that makes namespaces goes through here (and calls
+    tool_unavailable() first when UNSHARE is None)."""
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    return [UNSHARE, *user, *options]
+
+
 def probe_once(cls, cmd, what):
     """Run cmd the first time a test of cls asks; return "" if it worked,
     or why it did not (remembered in cls.namespace_error)."""
@@ -685,7 +697,7 @@ def probe_once(cls, cmd, what):
     return cls.namespace_error
 
 
-# ---- Another user -------------------------------------------------------------
+# ---- Another user ------------------------------------------------------------
 
 # The unprivileged user that tests run programs as (nobody on Debian).
 OTHER_UID = OTHER_GID = 65534
