@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """perf record, keeping the perf maps and jitdumps of processes in containers.
 
-    perf_record_ns.py [-v] -- perf record [OPTIONS] [-- COMMAND ...]
+    perf_record_ns.py [-v] [--max-bytes N] [--max-files N] [--max-seconds N]
+                      -- perf record [OPTIONS] [-- COMMAND ...]
 
 Run on the host, as root, instead of "perf record": the same recording, and
 afterwards "perf report", "perf script" and "perf inject --jit" name the
@@ -35,14 +36,25 @@ What this does:
 Copies are written to new files renamed over the host's names: a stale
 file of an earlier process with the same pid is replaced, a link is never
 followed, and a copy interrupted by Ctrl-C leaves nothing.  The files of a
-process that has the pid by then are left alone, and a container's file
-over 1 GiB is not copied.  A process that ends before this script has seen
+process that has the pid by then are left alone.
+
+A container's files are written by whoever runs it, and are copied within a
+budget for the whole run: --max-bytes (default 256M; K, M and G suffixes),
+--max-files (default 4096) and --max-seconds (default 60); one line says
+which budget ended the copies.  A copy never holds more than its process
+really wrote: reads stop at the size seen when the file was opened and at
+the space it occupies (holes are not copied), a map keeps only valid map
+lines, a jitdump only whole valid records up to the first that is not.  An
+error with one process's files skips that process with one line; a
+directory planted at a host name is skipped, a link or another user's file
+there is replaced by rename, never followed.  A process that ends before this script has seen
 it (a few milliseconds) is missed; with -v the script says what it kept.
 
 Exit status: that of perf record, or 1 if keeping the files failed.
 """
 
 import os
+import re
 import select
 import signal
 import socket
@@ -105,7 +117,16 @@ class Tracker:
 
     def see(self, pid):
         """Note pid if it lives in another namespace (again after an exec:
-        its /tmp may have changed since its fork)."""
+        its /tmp may have changed since its fork).  Never raises: what a
+        container's /tmp does (a FUSE server that refuses us) only makes
+        that process unseen."""
+        try:
+            self._see(pid)
+        except Exception as exc:
+            print(f"perf_record_ns: process {pid} skipped: {exc}",
+                  file=sys.stderr)
+
+    def _see(self, pid):
         try:
             if namespace_ids(pid) == self.ours:
                 return
@@ -117,7 +138,11 @@ class Tracker:
                          | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (OSError, ValueError):
             return              # gone already, or not ours to look at
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         key = (st.st_dev, st.st_ino)
         with self.lock:
             if key in self.tmp_dirs:
@@ -176,7 +201,11 @@ class EventWatcher(threading.Thread):
                 data = self.sock.recv(65536)
             except OSError:     # ENOBUFS: events lost; go on
                 continue
-            self.handle(data)
+            try:
+                self.handle(data)
+            except Exception as exc:    # never let the thread die
+                print(f"perf_record_ns: process event: {exc}",
+                      file=sys.stderr)
         self.sock.close()
 
     def handle(self, data):
@@ -215,7 +244,10 @@ class PollWatcher(threading.Thread):
 
     def run(self):
         while not self.stopping.wait(0.05):
-            self.tracker.scan()
+            try:
+                self.tracker.scan()
+            except Exception as exc:    # never let the thread die
+                print(f"perf_record_ns: scan: {exc}", file=sys.stderr)
 
     def stop(self):
         self.stopping.set()
@@ -226,33 +258,98 @@ class PollWatcher(threading.Thread):
 
 
 # A container's files are not to be trusted: they are opened without
-# following links and without blocking (a FIFO), must be regular files no
-# bigger than MAX_SIZE, and are copied in pieces (a huge file costs no
-# memory).  A copy is written to a new temporary file and renamed over the
-# host's name: a stale file of an earlier process with the same pid (or a
-# link planted there) is replaced, never followed, and an interrupted copy
+# following links and without blocking (a FIFO), must be regular files, and
+# are copied in pieces (a huge file costs no memory), never past the size
+# seen when opened nor past the space they occupy (a sparse file does not
+# become real data), within the run's Budget.  A copy is written to a new
+# temporary file and renamed over the host's name: a stale file of an
+# earlier process with the same pid (or a link or another user's file
+# planted there) is replaced, never followed, and an interrupted copy
 # leaves nothing behind.
 CHUNK = 1 << 20
-MAX_SIZE = 1 << 30
-MAX_RECORD = 64 << 20           # no jitdump record is near this
+MAX_RECORD = 16 << 20           # no jitdump record is near this
+MAP_LINE = re.compile(rb"[0-9a-f]{1,16} [0-9a-f]{1,16} [^\x00-\x1f\x7f]+\n")
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+class Budget:
+    """What all the copies of a run may take together: bytes, files and
+    time.  The first time one runs out, one line says so."""
+
+    def __init__(self, max_bytes, max_files, max_seconds):
+        self.bytes_left = max_bytes
+        self.files_left = max_files
+        self.deadline = time.monotonic() + max_seconds
+        self.spent = None
+
+    def exhausted(self, what):
+        if self.spent is None:
+            self.spent = what
+            print(f"perf_record_ns: {what} budget of this run used up: "
+                  f"no more files copied", file=sys.stderr)
+        raise BudgetExhausted(what)
+
+    def check_time(self):
+        if self.spent is not None:
+            raise BudgetExhausted(self.spent)
+        if time.monotonic() >= self.deadline:
+            self.exhausted("--max-seconds")
+
+    def new_file(self):
+        self.check_time()
+        if self.files_left <= 0:
+            self.exhausted("--max-files")
+        self.files_left -= 1
+
+    def take(self, n):
+        """Account for n more bytes to write."""
+        self.check_time()
+        if n > self.bytes_left:
+            self.exhausted("--max-bytes")
+        self.bytes_left -= n
 
 
 def open_at(dir_fd, name):
-    """A file object for a regular file name in dir_fd, or None."""
+    """(file object, stat) for a regular file name in dir_fd, or None."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
+    except FileNotFoundError:
         return None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIZE:
-        if stat.S_ISREG(st.st_mode):
-            print(f"perf_record_ns: {name} of a container is "
-                  f"{st.st_size} bytes, over {MAX_SIZE}: not copied",
-                  file=sys.stderr)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
         os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
+        raise
+
+
+def readable_limit(st):
+    """How much of a file with stat st may be read: no more than its size
+    when opened (a file that keeps growing is not followed) and than the
+    space it occupies (holes read as zeros that nobody wrote)."""
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def data_extents(fd, size):
+    """The (start, end) pieces of fd below size that hold data."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:         # ENXIO: only a hole from offset on
+            return
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        offset = end
 
 
 def copy_to(path, copy, *args):
@@ -272,52 +369,131 @@ def copy_to(path, copy, *args):
             os.unlink(tmp)
 
 
-def copy_map(dst, src, limit=MAX_SIZE):
-    while limit > 0:
-        chunk = src.read(min(CHUNK, limit))
-        if not chunk:
+def copy_map(dst, src, st, budget):
+    """Copy the valid map lines of the data that src holds; return the
+    number of lines."""
+    lines = 0
+    limit = readable_limit(st)
+    fd = src.fileno()
+    pending = b""
+    for start, end in data_extents(fd, st.st_size):
+        if limit <= 0:
             break
-        dst.write(chunk)
-        limit -= len(chunk)
-    return True
+        pending = b""           # a line does not span a hole
+        os.lseek(fd, start, os.SEEK_SET)
+        left = min(end - start, limit)
+        limit -= left
+        while left > 0:
+            chunk = os.read(fd, min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            if len(pending) > 4096:
+                pending = b""   # no line is that long
+            out = b"".join(line + b"\n" for line in complete
+                           if MAP_LINE.fullmatch(line + b"\n"))
+            if out:
+                budget.take(len(out))
+                dst.write(out)
+                lines += out.count(b"\n")
+    return lines
 
 
 JITDUMP_MAGIC = 0x4A695444
 JIT_CODE_LOAD, JIT_CODE_MOVE = 0, 1
+JIT_RECORD_KINDS = range(0, 5)  # load, move, debug info, close, unwinding
 
 
-def copy_jitdump(dst, src, host_pid):
+def read_exactly(src, n):
+    data = src.read(n)
+    return data if len(data) == n else None
+
+
+def copy_jitdump(dst, src, st, host_pid, budget):
     """Copy a jitdump, with the host pid in its header and in its code
     load and move records (perf inject --jit names the process by them).
-    A record that cannot be one ends the copy.  Return False if src is not
-    a jitdump."""
-    header = src.read(40)
-    if len(header) < 40 or struct.unpack_from("=I", header)[0] != JITDUMP_MAGIC:
+    Only whole records are copied, up to the first that is incomplete or
+    cannot be one.  Return False if src is not a jitdump."""
+    limit = readable_limit(st)
+    if limit < 40:
+        return False
+    header = read_exactly(src, 40)
+    if header is None or struct.unpack_from("=I", header)[0] != JITDUMP_MAGIC:
         return False
     header = bytearray(header)
     header_size = struct.unpack_from("=I", header, 8)[0]
-    if not 40 <= header_size <= 4096:
+    if not 40 <= header_size <= 4096 or header_size > limit:
+        return False
+    rest = read_exactly(src, header_size - 40)
+    if rest is None:
         return False
     struct.pack_into("=I", header, 20, host_pid)
+    budget.take(header_size)
     dst.write(header)
-    dst.write(src.read(header_size - 40))
-    while True:
-        head = src.read(16)
-        if len(head) < 16:
-            return True
+    dst.write(rest)
+    limit -= header_size
+    while limit >= 16:
+        head = read_exactly(src, 16)
+        if head is None:
+            break
         kind, size = struct.unpack_from("=II", head)
-        if not 16 <= size <= MAX_RECORD:
-            return True         # not a record: the copy ends here
-        body = bytearray(src.read(min(size - 16, CHUNK)))
-        if kind in (JIT_CODE_LOAD, JIT_CODE_MOVE) and len(body) >= 8:
+        if kind not in JIT_RECORD_KINDS or not 16 <= size <= MAX_RECORD \
+                or size > limit:
+            break               # not a whole record: the copy ends here
+        body = read_exactly(src, size - 16)
+        if body is None:
+            break
+        if kind in (JIT_CODE_LOAD, JIT_CODE_MOVE):
+            if len(body) < 8:
+                break
+            body = bytearray(body)
             struct.pack_into("=II", body, 0, host_pid, host_pid)
+        budget.take(size)
         dst.write(head)
         dst.write(body)
-        if size - 16 > len(body):
-            copy_map(dst, src, size - 16 - len(body))
+        limit -= size
+    return True
 
 
-def keep_files(tracker):
+def host_target_ok(path):
+    """Whether a copy may be renamed to path: anything but a directory
+    (a link or another user's file is replaced, never followed)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        print(f"perf_record_ns: {path} is a directory: not replaced, "
+              f"that copy skipped", file=sys.stderr)
+        return False
+    return True
+
+
+def keep_process(dir_fd, host_pid, nspid, budget, dumps):
+    path = f"/tmp/perf-{host_pid}.map"
+    opened = open_at(dir_fd, f"perf-{nspid}.map")
+    if opened is not None:
+        src, st = opened
+        with src:
+            if host_target_ok(path):
+                budget.new_file()
+                if copy_to(path, copy_map, src, st, budget):
+                    log(f"kept {path} (its perf-{nspid}.map)")
+    path = f"/tmp/jit-{host_pid}.dump"
+    opened = open_at(dir_fd, f"jit-{nspid}.dump")
+    if opened is not None:
+        src, st = opened
+        with src:
+            if host_target_ok(path):
+                budget.new_file()
+                if copy_to(path, copy_jitdump, src, st, host_pid, budget):
+                    log(f"kept {path} (its jit-{nspid}.dump)")
+                    dumps.add((host_pid, nspid))
+
+
+def keep_files(tracker, budget):
     """Copy what the processes of other namespaces wrote; return the
     {(host pid, inner pid)} whose jitdump was kept."""
     dumps = set()
@@ -332,19 +508,14 @@ def keep_files(tracker):
             print(f"perf_record_ns: pid {host_pid} is another process's "
                   f"now: its files are not touched", file=sys.stderr)
             continue
-        dir_fd = tracker.tmp_dirs[key]
-        src = open_at(dir_fd, f"perf-{nspid}.map")
-        if src is not None:
-            with src:
-                copy_to(f"/tmp/perf-{host_pid}.map", copy_map, src)
-            log(f"kept /tmp/perf-{host_pid}.map (its perf-{nspid}.map)")
-        src = open_at(dir_fd, f"jit-{nspid}.dump")
-        if src is not None:
-            with src:
-                path = f"/tmp/jit-{host_pid}.dump"
-                if copy_to(path, copy_jitdump, src, host_pid):
-                    log(f"kept {path} (its jit-{nspid}.dump)")
-                    dumps.add((host_pid, nspid))
+        try:
+            keep_process(tracker.tmp_dirs[key], host_pid, nspid, budget,
+                         dumps)
+        except BudgetExhausted:
+            break
+        except (OSError, ValueError) as exc:
+            print(f"perf_record_ns: process {host_pid} ({nspid} in its "
+                  f"namespaces) skipped: {exc}", file=sys.stderr)
     return dumps
 
 
@@ -429,12 +600,50 @@ def output_path(record_args):
     return path
 
 
+def parse_size(text):
+    """A number of bytes, with an optional K, M or G suffix."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper())
+    value = int(text[:-1] if scale else text)
+    if value < 0:
+        raise ValueError(text)
+    return value * (scale or 1)
+
+
+def parse_count(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+OPTIONS = {"--max-bytes": parse_size, "--max-files": parse_count,
+           "--max-seconds": float}
+
+
 def main(argv):
     global VERBOSE
     args = argv[1:]
-    if args[:1] == ["-v"]:
-        VERBOSE = True
+    limits = {"--max-bytes": 256 << 20, "--max-files": 4096,
+              "--max-seconds": 60.0}
+    while args and (args[0] == "-v" or args[0].split("=")[0] in OPTIONS):
+        if args[0] == "-v":
+            VERBOSE = True
+            args = args[1:]
+            continue
+        name, eq, value = args[0].partition("=")
+        if not eq:
+            if len(args) < 2:
+                args = []
+                break
+            value = args[1]
+            args = args[1:]
         args = args[1:]
+        try:
+            limits[name] = OPTIONS[name](value)
+        except ValueError:
+            print(f"perf_record_ns: {name}: invalid value {value!r}",
+                  file=sys.stderr)
+            return 2
     if args[:1] == ["--"]:
         args = args[1:]
     if len(args) < 2 or os.path.basename(args[0]) != "perf" \
@@ -463,8 +672,10 @@ def main(argv):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         tracker.scan()          # the processes that are still there
         watcher.stop()
+    budget = Budget(limits["--max-bytes"], limits["--max-files"],
+                    limits["--max-seconds"])
     try:
-        dumps = keep_files(tracker)
+        dumps = keep_files(tracker, budget)
         if dumps:
             rewrite_perf_data(perf, output_path(args[2:]), dumps)
     except OSError as exc:
