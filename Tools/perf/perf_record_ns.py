@@ -47,8 +47,9 @@ the space it occupies (holes are not copied), a map keeps only valid map
 lines, a jitdump only whole valid records up to the first that is not.  An
 error with one process's files skips that process with one line; a
 directory planted at a host name is skipped, a link or another user's file
-there is replaced by rename, never followed.  A process that ends before this script has seen
-it (a few milliseconds) is missed; with -v the script says what it kept.
+there is replaced by rename, never followed.  A process that ends before
+this script has seen it (a few milliseconds) is missed; with -v the script
+says what it kept.
 
 Exit status: that of perf record, or 1 if keeping the files failed.
 """
@@ -160,7 +161,7 @@ class Tracker:
                 self.see(int(name))
 
 
-# ---- Watching processes start -------------------------------------------------
+# ---- Watching processes start -----------------------------------------------
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = CN_VAL_PROC = 1
@@ -254,7 +255,7 @@ class PollWatcher(threading.Thread):
         self.join()
 
 
-# ---- Copying the files --------------------------------------------------------
+# ---- Copying the files ------------------------------------------------------
 
 
 # A container's files are not to be trusted: they are opened without
@@ -472,24 +473,23 @@ def host_target_ok(path):
 
 
 def keep_process(dir_fd, host_pid, nspid, budget, dumps):
-    path = f"/tmp/perf-{host_pid}.map"
-    opened = open_at(dir_fd, f"perf-{nspid}.map")
-    if opened is not None:
+    """Copy the map and the jitdump that process host_pid wrote as nspid
+    in its /tmp (dir_fd); add (host_pid, nspid) to dumps for a jitdump."""
+    kinds = (("perf-{}.map", copy_map, ()),
+             ("jit-{}.dump", copy_jitdump, (host_pid,)))
+    for name, copy, args in kinds:
+        path = "/tmp/" + name.format(host_pid)
+        opened = open_at(dir_fd, name.format(nspid))
+        if opened is None:
+            continue
         src, st = opened
         with src:
-            if host_target_ok(path):
-                budget.new_file()
-                if copy_to(path, copy_map, src, st, budget):
-                    log(f"kept {path} (its perf-{nspid}.map)")
-    path = f"/tmp/jit-{host_pid}.dump"
-    opened = open_at(dir_fd, f"jit-{nspid}.dump")
-    if opened is not None:
-        src, st = opened
-        with src:
-            if host_target_ok(path):
-                budget.new_file()
-                if copy_to(path, copy_jitdump, src, st, host_pid, budget):
-                    log(f"kept {path} (its jit-{nspid}.dump)")
+            if not host_target_ok(path):
+                continue
+            budget.new_file()
+            if copy_to(path, copy, src, st, *args, budget):
+                log(f"kept {path} (its {name.format(nspid)})")
+                if copy is copy_jitdump:
                     dumps.add((host_pid, nspid))
 
 
@@ -519,7 +519,7 @@ def keep_files(tracker, budget):
     return dumps
 
 
-# ---- Rewriting the jitdump markers of perf.data ------------------------------
+# ---- Rewriting the jitdump markers of perf.data -----------------------------
 
 PERF_RECORD_MMAP, PERF_RECORD_MMAP2 = 1, 10
 FILENAME_OFFSET = {PERF_RECORD_MMAP: 40, PERF_RECORD_MMAP2: 72}

@@ -4,15 +4,21 @@ functions when Tools/perf/perf_record_ns.py ran the recording."""
 
 import os
 import re
+import shlex
+import shutil
+import struct
 import subprocess
 import sys
 import unittest
 
+from test.support import os_helper
+
+from test.test_perf_profiler import test_failures
 from test.test_perf_profiler.test_real_perf import (
     HAS_FRAME_POINTERS, PERF_SCRIPT, RealPerfJitTestCase, RealPerfTestCase)
 from test.test_perf_profiler.util import (
-    PERF, UNSHARE, count_chains, missing_tool, perf_stacks, perf_tool,
-    probe_once)
+    PERF, UNSHARE, JitDump, PerfTestCase, count_chains, jitdump_path,
+    map_path, missing_tool, perf_stacks, perf_tool, probe_once)
 
 RECORD_NS = perf_tool("perf_record_ns.py")
 
@@ -106,6 +112,226 @@ class TestContainerJit(ContainerChecks, RealPerfJitTestCase):
 
     backend = "perf_jit"
     timeout = 300
+
+
+# ---- What a container plants ------------------------------------------------
+#
+# Each "container" below is a shell that prints "pid=N" (its pid, also the
+# host's: no PID namespace, so the test knows which host files are its),
+# makes a mount namespace of its own with a tmpfs on /tmp, and then execs a
+# Python that writes what it wants into its /tmp.  Whoever runs a container
+# may do all this from an unprivileged user namespace.
+
+# A map of one valid line, then a hole up to 64 MiB - 1: no data in it.
+SPARSE_MAP = r"""
+import os, time
+with open(f"/tmp/perf-{os.getpid()}.map", "wb") as f:
+    f.write(b"1000 10 py::planted:/c.py\n")
+    f.truncate(64 * 1024 * 1024 - 1)
+time.sleep(1)
+"""
+
+# A jitdump: its header and one whole code load record; then a child goes
+# on appending records of 4 MiB, each a head and a hole (up to 2 GiB),
+# while the host copies, after its parent, the container, has ended.
+GROWING_JITDUMP = r"""
+import os, struct, time
+pid = os.getpid()
+header = struct.pack("=IIIIIIQQ", 0x4A695444, 1, 40, 62, 0, pid, 0, 0)
+name = b"py::planted:/c.py\0"
+body = struct.pack("=IIQQQQ", pid, pid, 0, 0x1000, 16, 1) + name
+load = struct.pack("=IIQ", 0, 16 + len(body) + 16, 0) + body + b"\xc3" * 16
+fd = os.open(f"/tmp/jit-{pid}.dump", os.O_CREAT | os.O_RDWR, 0o600)
+os.write(fd, header + load)
+size = len(header) + len(load)
+child = os.fork()
+if child:
+    print(f"writer={child}", flush=True)
+    time.sleep(0.5)
+    os._exit(0)
+os.close(1)
+os.close(2)
+while size < 2 << 30:
+    os.pwrite(fd, struct.pack("=IIQ", 2, 4 << 20, 0), size)
+    size += 4 << 20
+    os.ftruncate(fd, size)
+    time.sleep(0.01)
+"""
+
+# A map with one valid line, as a Python with -X perf writes it.
+PLAIN_MAP = r"""
+import os, time
+with open(f"/tmp/perf-{os.getpid()}.map", "w") as f:
+    f.write("1000 10 py::planted:/c.py\n")
+time.sleep(1)
+"""
+
+
+@unittest.skipIf(RECORD_NS is None, missing_tool("perf_record_ns.py"))
+class TestHostileContainers(PerfTestCase):
+    """What a container's /tmp holds, or a local user plants at the host's
+    names, must not hurt the host nor the other containers' copies."""
+
+    namespace_error = None
+
+    def setUp(self):
+        super().setUp()
+        if PERF is None:
+            self.unavailable("perf is not installed")
+        if UNSHARE is None:
+            self.unavailable("unshare (util-linux) is not installed")
+        if os.geteuid() != 0:
+            self.skipTest("needs root (namespaces, the process events "
+                          "connector, other processes' /tmp)")
+        error = probe_once(type(self), [UNSHARE, "--mount", "sh", "-c",
+                                        "mount -t tmpfs tmpfs /tmp"],
+                           "make a mount namespace with a tmpfs /tmp")
+        if error:
+            self.unavailable(error)
+
+    def container(self, code, before=""):
+        """The shell command of a container that runs code; before runs
+        first, with the host's /tmp still in place."""
+        # The private /tmp of test_failures, with what the interpreter and
+        # this test need bound back in (they may live under /tmp).
+        private = test_failures.TestPrivateTmp.private_tmp(self, "rw")
+        return shlex.join(["sh", "-c", f'echo "pid=$$"; {before} exec "$@"',
+                           "sh", *private, sys.executable, "-c", code])
+
+    def record(self, *containers, options=()):
+        """Run the containers side by side under the tool; return (its
+        exit status, its stderr, the pids that the containers printed)."""
+        shell = " & ".join(containers) + "; wait"
+        data = os.path.join(self.tmp, "perf.data")
+        cmd = [sys.executable, RECORD_NS, "-v", *options, "--", PERF,
+               "record", "-e", "dummy", "-q", "-o", data, "--",
+               "sh", "-c", shell]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=300)
+        out = proc.stdout.decode()
+        pids = [int(pid) for pid in re.findall(r"^pid=(\d+)$", out, re.M)]
+        writers = [int(pid) for pid in re.findall(r"^writer=(\d+)$", out,
+                                                    re.M)]
+        for pid in (*pids, *writers):
+            self.forget_pid(pid)
+        for pid in writers:
+            self.addCleanup(self.stop, pid)
+        return proc.returncode, proc.stderr.decode(errors="replace"), pids
+
+    @staticmethod
+    def stop(pid):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+    def assertCopied(self, pid, stderr):
+        self.assertIn(f"kept /tmp/perf-{pid}.map", stderr)
+        with open(map_path(pid), "rb") as f:
+            self.assertEqual(f.read(), b"1000 10 py::planted:/c.py\n")
+
+    def test_sparse_maps_stay_sparse(self):
+        # Four sparse 64 MiB maps: the copies hold what was written, one
+        # line each, not 256 MiB of zeros.
+        rc, stderr, pids = self.record(
+            *[self.container(SPARSE_MAP) for _ in range(4)])
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(pids), 4, stderr)
+        for pid in pids:
+            self.assertCopied(pid, stderr)
+            self.assertEqual(os.stat(map_path(pid)).st_size, 26)
+
+    def check_budget(self, containers, option, value, kept):
+        """Run containers with a budget that holds kept of their copies:
+        one line says when it is used up, and the run still succeeds."""
+        rc, stderr, pids = self.record(
+            *[self.container(SPARSE_MAP) for _ in range(containers)],
+            options=(option, value))
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(stderr.count(f"{option} budget of this run used "
+                                      f"up"), 1, stderr)
+        copied = [pid for pid in pids if self.written(map_path(pid))]
+        self.assertEqual(len(copied), kept, stderr)
+
+    def test_bytes_budget(self):
+        # Each copy takes 26 bytes: 60 hold two of them.
+        self.check_budget(4, "--max-bytes", "60", kept=2)
+
+    def test_files_budget(self):
+        self.check_budget(3, "--max-files", "1", kept=1)
+
+    def test_growing_jitdump(self):
+        # A writer goes on while the host copies: the copy ends, and holds
+        # the header and the one whole record, nothing of the holes.
+        rc, stderr, pids = self.record(self.container(GROWING_JITDUMP))
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(pids), 1, stderr)
+        self.assertIn(f"kept /tmp/jit-{pids[0]}.dump", stderr)
+        with open(jitdump_path(pids[0]), "rb") as f:
+            data = f.read()
+        self.assertLess(len(data), 4096)
+        dump = JitDump(data)
+        self.assertEqual(dump.header.pid, pids[0])
+        names = [load.name for _, load in dump.code_loads()]
+        self.assertEqual(names, [b"py::planted:/c.py"])
+
+    def test_fuse_tmp(self):
+        # An unprivileged FUSE file system on the container's /tmp, whose
+        # server never answers: the host's root may not even look at it
+        # (EACCES).  That container is skipped with one line; another
+        # container's map is still copied.
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            self.unavailable("setpriv (util-linux) is not installed")
+        if not os.path.exists("/dev/fuse"):
+            self.unavailable("no /dev/fuse")
+        fuse = shlex.join([
+            setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+            UNSHARE, "--user", "--map-root-user", "--mount", "sh", "-c",
+            "exec 3<>/dev/fuse && mount -i -t fuse -o fd=3,rootmode=40000,"
+            "user_id=0,group_id=0 planted /tmp && echo fuse=$$ && "
+            "exec sleep 2"])
+        rc, stderr, pids = self.record(fuse, self.container(PLAIN_MAP))
+        self.assertEqual(rc, 0, stderr)
+        self.assertRegex(stderr, r"process \d+ skipped: .*Permission denied")
+        self.assertEqual(len(pids), 1, stderr)
+        self.assertCopied(pids[0], stderr)
+
+    def test_planted_host_names(self):
+        # At the host's /tmp/perf-PID.map of three containers: a directory
+        # (skipped, with one line), a link (replaced, its target untouched)
+        # and another user's file (replaced).  A fourth is copied as usual.
+        target = os.path.join(self.tmp, "target")
+        with open(target, "w") as f:
+            f.write("untouched\n")
+        directory = 'mkdir "/tmp/perf-$$.map" &&'
+        link = f'ln -s {shlex.quote(target)} "/tmp/perf-$$.map" &&'
+        other = ('touch "/tmp/perf-$$.map" && '
+                 'chown 65534:65534 "/tmp/perf-$$.map" &&')
+        rc, stderr, pids = self.record(
+            self.container(PLAIN_MAP, before=directory),
+            self.container(PLAIN_MAP, before=link),
+            self.container(PLAIN_MAP, before=other),
+            self.container(PLAIN_MAP))
+        by_kind = {}
+        for pid in pids:
+            path = map_path(pid)
+            if os.path.isdir(path):
+                self.addCleanup(os.rmdir, path)
+                by_kind["directory"] = pid
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(pids), 4, stderr)
+        self.assertIn("directory", by_kind, stderr)
+        self.assertEqual(stderr.count("is a directory"), 1, stderr)
+        with open(target) as f:
+            self.assertEqual(f.read(), "untouched\n")
+        for pid in pids:
+            if pid == by_kind["directory"]:
+                continue
+            st = os.lstat(map_path(pid))
+            self.assertEqual((st.st_uid, oct(st.st_mode & 0o170000)),
+                             (0, oct(0o100000)))
+            self.assertCopied(pid, stderr)
 
 
 if __name__ == "__main__":
