@@ -47,15 +47,18 @@ the space it occupies (holes are not copied), a map keeps only valid map
 lines, a jitdump only whole valid records up to the first that is not.  An
 error with one process's files skips that process with one line; a
 directory planted at a host name is skipped, a link or another user's file
-there is replaced by rename, never followed.  A process that ends before
-this script has seen it (a few milliseconds) is missed; with -v the script
-says what it kept.
+there is replaced by rename, never followed.  At most half of the
+descriptors this script may have hold containers' /tmp directories (one
+line when they are all taken).  A process that ends before this script
+has seen it (a few milliseconds) is missed; with -v the script says what
+it kept.
 
 Exit status: that of perf record, or 1 if keeping the files failed.
 """
 
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -105,11 +108,17 @@ def inner_pid(pid):
 class Tracker:
     """The processes of other namespaces seen so far, and their /tmp."""
 
-    def __init__(self):
+    def __init__(self, max_dirs):
         self.ours = namespace_ids("self")
         self.lock = threading.Lock()
         self.processes = {}     # host pid -> (inner pid, tmp key)
         self.tmp_dirs = {}      # (st_dev, st_ino) -> O_PATH descriptor
+        # A container may make a mount namespace with a /tmp of its own
+        # for each of its processes: held descriptors are bounded, or
+        # this script, perf inject and the C library (which opens
+        # libgcc_s when a thread exits) would run out of them.
+        self.max_dirs = max_dirs
+        self.full = False
 
     def close(self):
         for fd in self.tmp_dirs.values():
@@ -148,6 +157,14 @@ class Tracker:
         with self.lock:
             if key in self.tmp_dirs:
                 os.close(fd)
+            elif len(self.tmp_dirs) >= self.max_dirs:
+                os.close(fd)
+                if not self.full:
+                    self.full = True
+                    print(f"perf_record_ns: {self.max_dirs} /tmp "
+                          f"directories held already: processes with "
+                          f"another /tmp are not kept", file=sys.stderr)
+                return
             else:
                 self.tmp_dirs[key] = fd
             if self.processes.get(pid, ())[:2] != (nspid, key) \
@@ -156,7 +173,12 @@ class Tracker:
             self.processes[pid] = (nspid, key, started)
 
     def scan(self):
-        for name in os.listdir("/proc"):
+        try:
+            names = os.listdir("/proc")
+        except OSError as exc:
+            print(f"perf_record_ns: scan of /proc: {exc}", file=sys.stderr)
+            return
+        for name in names:
             if name.isdigit():
                 self.see(int(name))
 
@@ -620,6 +642,22 @@ OPTIONS = {"--max-bytes": parse_size, "--max-files": parse_count,
            "--max-seconds": float}
 
 
+def held_directories():
+    """How many containers' /tmp directories may be held open: half of the
+    descriptors this process may have (its soft limit raised to the hard
+    one first)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, (soft - 64) // 2)
+
+
 def main(argv):
     global VERBOSE
     args = argv[1:]
@@ -651,7 +689,7 @@ def main(argv):
         print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
         return 2
     perf = args[0]
-    tracker = Tracker()
+    tracker = Tracker(held_directories())
     try:
         watcher = EventWatcher(tracker)
     except OSError as exc:
