@@ -531,6 +531,7 @@ def keep_files(tracker, budget):
                   f"now: its files are not touched", file=sys.stderr)
             continue
         try:
+            budget.check_time()     # also between processes with no file
             keep_process(tracker.tmp_dirs[key], host_pid, nspid, budget,
                          dumps)
         except BudgetExhausted:

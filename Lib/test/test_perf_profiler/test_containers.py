@@ -266,6 +266,9 @@ class TestHostileContainers(PerfTestCase):
     def test_files_budget(self):
         self.check_budget(3, "--max-files", "1", kept=1)
 
+    def test_time_budget(self):
+        self.check_budget(2, "--max-seconds", "0", kept=0)
+
     def test_growing_jitdump(self):
         # A writer goes on while the host copies: the copy ends, and holds
         # the header and the one whole record, nothing of the holes.
