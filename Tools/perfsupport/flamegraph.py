@@ -17,15 +17,20 @@ name without ".data":
   NAME-gecko.json   every native frame, for the Firefox Profiler
                     (perf script report gecko; --no-gecko leaves it out)
 
-The native view is perf's own "perf script report flamegraph": every frame
-of every sample, so that each Python call reads _PyEval_EvalFrameDefault ->
-py::name -> _PyEval_EvalFrameDefault -> ...  The Python view is the same
-samples with the interpreter's own frames folded away (see fold_python()):
-a stack reads py::<module> -> py::baz -> py::bar -> py::foo, and native
-code keeps its frames under the Python function that runs it (the sort of
-sorted(), math, _json, the kernel...).  perf's script cannot leave frames
-out, so this file folds the stacks of "perf script" itself and fills the
-same template with the tree in the JSON form perf's script writes.
+The native view is every frame of every sample, the tree perf's own "perf
+script report flamegraph" would draw, so that each Python call reads
+_PyEval_EvalFrameDefault -> py::name -> _PyEval_EvalFrameDefault -> ...
+The Python view is the same samples with the interpreter's own frames
+folded away (see fold_python()): a stack reads py::<module> -> py::baz ->
+py::bar -> py::foo, and native code keeps its frames under the Python
+function that runs it (the sort of sorted(), math, _json, the kernel...).
+Both trees come from one "perf script" pass read here (perf's script
+cannot leave frames out, and its Python scripting crashes on names that
+are not UTF-8), in the JSON form perf's script writes, and fill the same
+template.  Function and file names are the profiled program's to choose:
+they reach the page only as JSON strings in which "<", ">", "&", U+2028
+and U+2029 are escaped (script_json()), so that no name can end the
+<script> element or hide its end from the HTML parser.
 
 The renderer is d3-flame-graph's d3-flamegraph-base.html, the template that
 perf's flamegraph.py names, with d3 and d3-flame-graph inlined: npm ci
@@ -34,7 +39,9 @@ installs the version pinned in Tools/perfsupport/flamegraph/package-lock.json
 below.  The HTML files need no network to open.
 
 Exit status: 0 done; 1 error; 3 the HTML renderer is not available (npm
-missing or npm ci failed): the gecko file is still written.
+missing or npm ci failed): the gecko file is still written; 4 the flame
+graphs are written but perf's gecko script failed (perf 6.12's Python
+scripting crashes on names that are not UTF-8).
 """
 
 import argparse
@@ -59,6 +66,7 @@ TEMPLATE_SHA256 = (
     "64aba4b35cfaba17b37d57a4036876f1999f3cfc4c8d4d3a0781d08a1ad97d5a")
 
 UNAVAILABLE = 3
+GECKO_FAILED = 4
 
 
 class Unavailable(Exception):
@@ -123,18 +131,35 @@ def install_template(build):
     return template
 
 
+# Characters that must not appear raw in JSON written into a <script>
+# element: "<" could start "</script>" or "<!--" (after which the HTML parser
+# no longer ends the element where the script ends), ">" and "&" are escaped
+# too so that the text means nothing to an HTML parser, and U+2028, U+2029
+# end a line in older JavaScript.  json.dumps() only writes them inside
+# strings, where \uXXXX is the same character.
+SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                 "\u2028": "\\u2028", "\u2029": "\\u2029"}
+SCRIPT_UNSAFE_RE = re.compile("[<>&\u2028\u2029]")
+
+
+def script_json(value):
+    """VALUE as JSON text that can sit inside an HTML <script> element:
+    whatever its strings hold, they stay strings."""
+    text = json.dumps(value, ensure_ascii=True)
+    return SCRIPT_UNSAFE_RE.sub(lambda m: SCRIPT_UNSAFE[m.group(0)], text)
+
+
 def fill_template(template, stacks, options, title):
-    """The template with the tree and the options in place, as perf's
-    flamegraph.py fills it; "</" is escaped so that no name can end the
-    <script> element early."""
+    """The template with the tree and the options in place where perf's
+    flamegraph.py puts them, as JSON that no name can leave (script_json())."""
     with open(template, encoding="utf-8") as f:
         html = f.read()
     values = {
-        "/** @flamegraph_json **/": json.dumps(stacks),
-        "/** @options_json **/": json.dumps(options),
+        "/** @flamegraph_json **/": script_json(stacks),
+        "/** @options_json **/": script_json(options),
     }
     html = re.sub(r"/\*\* @(flamegraph|options)_json \*\*/",
-                  lambda m: values[m.group(0)].replace("</", "<\\/"), html)
+                  lambda m: values[m.group(0)], html)
     return retitle(html, title)
 
 
@@ -302,21 +327,36 @@ def strip_index(node):
     return node
 
 
-def python_tree(data):
-    """The Python view of DATA as perf's flamegraph.py JSON tree, and the
-    number of samples and of those with a py:: frame."""
+def build_trees(data, views):
+    """The trees of VIEWS ("python", "native") of DATA, in the JSON form
+    perf's flamegraph.py writes, from one "perf script" pass; and the number
+    of samples and of those with a py:: frame in the Python view.  The
+    native tree is the one "perf script report flamegraph -f json" writes
+    (test_flamegraph.py compares them), without its Python scripting, which
+    perf 6.12 runs into a crash on names that are not UTF-8."""
     samples = list(read_samples(data))
     # The interpreter is wherever its evaluation loop runs (a binary that
     # links Python statically, an embedding program...), whatever its name.
     known = frozenset(dso for _, _, frames in samples for sym, dso in frames
                       if SUFFIX_RE.sub("", sym) == "_PyEval_EvalFrameDefault")
-    root = new_node("all", "root")
+    trees = {view: new_node("all", "root") for view in views}
     with_py = 0
     for comm, pid, frames in samples:
-        folded = fold_python(frames, known)
-        with_py += any(is_python_frame(s) for s, _ in folded)
-        add_stack(root, comm, pid, folded)
-    return strip_index(root), len(samples), with_py
+        if "native" in trees:
+            add_stack(trees["native"], comm, pid, frames)
+        if "python" in trees:
+            folded = fold_python(frames, known)
+            with_py += any(is_python_frame(s) for s, _ in folded)
+            add_stack(trees["python"], comm, pid, folded)
+    return ({view: strip_index(tree) for view, tree in trees.items()},
+            len(samples), with_py)
+
+
+def python_tree(data):
+    """The Python view of DATA, the number of samples and of those with a
+    py:: frame."""
+    trees, total, with_py = build_trees(data, ("python",))
+    return trees["python"], total, with_py
 
 
 # ---- the outputs ------------------------------------------------------------------
@@ -352,25 +392,10 @@ def has_report_script(script):
     return any(line.split()[:1] == [script] for line in listed.splitlines())
 
 
-def write_native(data, template, out, title):
-    # Given a template that does not exist, perf's script offers to download
-    # one: never let it ask.
-    if not os.path.isfile(template):
-        raise RuntimeError(f"{template}: no such file")
-    perf_report_script(data, "flamegraph", ["--template", template, "-o", out],
-                       out)
-    with open(out, encoding="utf-8") as f:
-        html = f.read()
-    with open(out, "w", encoding="utf-8") as f:
-        f.write(retitle(html, title))
-
-
-def write_python(data, template, out, title):
-    tree, total, with_py = python_tree(data)
-    options = {"colorscheme": "blue-green", "context": perf_header(data)}
+def write_html(tree, template, out, title, context):
+    options = {"colorscheme": "blue-green", "context": context}
     with open(out, "w", encoding="utf-8") as f:
         f.write(fill_template(template, tree, options, title))
-    return total, with_py
 
 
 def write_gecko(data, out):
@@ -420,26 +445,31 @@ def main(argv=None):
             status = UNAVAILABLE
     views = ("python", "native") if args.view == "both" else (args.view,)
     if template:
+        trees, total, with_py = build_trees(data, views)
+        context = perf_header(data)
         for view in views:
             out = os.path.join(out_dir, f"{name}-{view}.html")
-            title = f"{name}: {view} view"
-            if view == "native":
-                write_native(data, template, out, title)
-            else:
-                total, with_py = write_python(data, template, out, title)
-                if with_py == 0:
-                    warn(f"no py:: frame in the {total} samples of {data}:"
-                         " record with python -X perf (keep"
-                         " /tmp/perf-PID.map until this command ran) or"
-                         " -X perf_jit followed by perf inject --jit")
+            write_html(trees[view], template, out, f"{name}: {view} view",
+                       context)
             say(f"{view} view: {out}")
+        if "python" in views and with_py == 0:
+            warn(f"no py:: frame in the {total} samples of {data}:"
+                 " record with python -X perf (keep /tmp/perf-PID.map until"
+                 " this command ran) or -X perf_jit followed by perf inject"
+                 " --jit")
     if not args.no_gecko and not has_report_script("gecko"):
         warn("this perf has no gecko script (perf 6.7 or newer): no Firefox"
              " Profiler file")
     elif not args.no_gecko:
         out = os.path.join(out_dir, f"{name}-gecko.json")
-        write_gecko(data, out)
-        say(f"Firefox Profiler: {out}")
+        try:
+            write_gecko(data, out)
+            say(f"Firefox Profiler: {out}")
+        except RuntimeError as e:
+            # perf's Python scripting (perf 6.12) crashes on symbol names
+            # that are not UTF-8: the flame graphs are written all the same.
+            warn(f"no Firefox Profiler file: {e}")
+            status = status or GECKO_FAILED
     return status
 
 

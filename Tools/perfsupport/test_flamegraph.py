@@ -18,7 +18,13 @@ checks:
   py::math_work; builtin_sorted under py::sort_work, and py::key under it;
   _json's encoder under json's Python code);
 - native view: the interpreter frames are there (py::bar ->
-  _PyEval_EvalFrameDefault -> py::foo);
+  _PyEval_EvalFrameDefault -> py::foo), and the tree is the one perf's
+  "perf script report flamegraph -f json" writes;
+- names: JSON in the page holds no raw "<", ">", "&", U+2028, U+2029; a
+  script whose functions are named to attack the page ("</script><script>",
+  "<!--<script>", names that are not UTF-8), under -X perf and -X perf_jit,
+  shows every name in both views, and in headless Chromium no script of a
+  name runs (no data-pwned attribute) and the graph is drawn;
 - the Firefox Profiler file holds the samples and the py:: names;
 - the HTML needs nothing from the network and, loaded in headless Chromium
   with the network disabled (a network namespace of its own when it can have
@@ -40,6 +46,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,6 +87,35 @@ def main():
     json_work([{"a": i, "b": [str(i)] * 5} for i in range(2000)])
 
 main()
+"""
+
+# Functions whose names are a page's worst enemies: one that ends the
+# <script> element and runs its own script, one that hides the end of the
+# element from the HTML parser, JavaScript line terminators and entities,
+# and one that is not UTF-8 (its qualname's lone surrogates become the bytes
+# 0xff 0xfe in the perf map and the jitdump).
+PWN = ("</script><script>document.documentElement"
+       ".setAttribute('data-pwned','yes')</script>")
+HOSTILE_NAMES = (PWN, "<!--<script>", "a\u2028b\u2029c&amp;>",
+                 "bad\udcff\udcfename")
+# How perf script shows them (bytes that are not UTF-8 read as U+FFFD).
+HOSTILE_SHOWN = ("py::" + PWN, "py::<!--<script>", "py::a\u2028b\u2029c&amp;>",
+                 "py::bad\ufffd\ufffdname")
+HOSTILE_SCRIPT = f"""\
+def spin():
+    t = 0
+    for i in range(1500000):
+        t += i
+    return t
+
+def named(name):
+    def f():
+        return spin()
+    f.__code__ = f.__code__.replace(co_name=name, co_qualname=name)
+    return f
+
+for name in {HOSTILE_NAMES!r}:
+    named(name)()
 """
 
 # Frames that must never sit between two Python frames in the Python view.
@@ -138,8 +174,9 @@ class Recording:
 
     pids = set()
 
-    def __init__(self, name, python, script, jit=False):
+    def __init__(self, name, python, script, jit=False, ok=(0,)):
         self.name = name
+        self.ok = (*ok, fg.UNAVAILABLE)
         os.makedirs(WORK, exist_ok=True)
         raw = os.path.join(WORK, f"{name}.raw.data" if jit else
                            f"{name}.data")
@@ -177,7 +214,7 @@ class Recording:
         self.assert_ok()
 
     def assert_ok(self):
-        if self.status not in (0, fg.UNAVAILABLE):
+        if self.status not in self.ok:
             raise AssertionError(f"flamegraph.py exited {self.status}")
 
     @classmethod
@@ -193,25 +230,33 @@ _recordings = {}
 
 
 def recording(name):
-    """The recording NAME (demo_fp, native_fp, demo_jit), made on first use."""
+    """The recording NAME (demo_fp, native_fp, demo_jit, hostile_fp,
+    hostile_jit), made on first use."""
     if name not in _recordings:
         if shutil.which("perf") is None:
             missing("perf is not installed")
+        native_calls = os.path.join(WORK, "native_calls.py")
+        hostile = os.path.join(WORK, "hostile_names.py")
         python, script, jit = {
             "demo_fp": (FP_PYTHON, DEMO, False),
-            "native_fp": (FP_PYTHON, os.path.join(WORK, "native_calls.py"),
-                          False),
+            "native_fp": (FP_PYTHON, native_calls, False),
             "demo_jit": (NOFP_PYTHON, DEMO, True),
+            "hostile_fp": (FP_PYTHON, hostile, False),
+            "hostile_jit": (NOFP_PYTHON, hostile, True),
         }[name]
         if not os.access(python, os.X_OK):
             missing(f"no {python} (make build"
                     f"{' FRAME_POINTERS=no' if jit else ''})")
-        if name == "native_fp":
+        text = {native_calls: NATIVE_SCRIPT, hostile: HOSTILE_SCRIPT}
+        if script in text:
             os.makedirs(WORK, exist_ok=True)
-            with open(script, "w") as f:
-                f.write(NATIVE_SCRIPT)
+            with open(script, "w", encoding="utf-8") as f:
+                f.write(text[script])
+        # perf's gecko script (perf 6.12) crashes on the name that is not
+        # UTF-8: the flame graphs must be written all the same.
+        ok = (0, fg.GECKO_FAILED) if script == hostile else (0,)
         try:
-            _recordings[name] = Recording(name, python, script, jit)
+            _recordings[name] = Recording(name, python, script, jit, ok)
         except subprocess.CalledProcessError as e:
             _recordings[name] = e
     rec = _recordings[name]
@@ -295,6 +340,52 @@ class FoldTest(unittest.TestCase):
                           ("_PyObject_Free", "/p"), ("pymalloc_free", "/p")])
 
 
+class EmbedTest(unittest.TestCase):
+    """Names reach the page as JSON strings they cannot leave (no perf
+    needed)."""
+
+    NAMES = ["</script><script>alert(1)</script>", "<!--<script>",
+             "</SCRIPT >", "-->", "]]>", "&lt;", "a\u2028b\u2029c",
+             "\ufffd\u00e9\U0001f600", "\"quoted\" \\ back"]
+    UNSAFE = ("<", ">", "&", "\u2028", "\u2029")
+
+    def test_script_json(self):
+        tree = {"n": "all", "l": "root", "v": 0,
+                "c": [{"n": n, "l": "", "v": 1, "c": []} for n in self.NAMES]}
+        text = fg.script_json(tree)
+        for c in self.UNSAFE:
+            self.assertNotIn(c, text)
+        self.assertEqual(json.loads(text), tree)
+
+    def test_fill_template(self):
+        template = os.path.join(WORK, "embed-template.html")
+        os.makedirs(WORK, exist_ok=True)
+        with open(template, "w", encoding="utf-8") as f:
+            f.write("<title>Flame Graph</title><script>\n"
+                    "const stacks = [/** @flamegraph_json **/];\n"
+                    "const options = [/** @options_json **/];\n"
+                    "</script>\n")
+        try:
+            tree = {"n": "all", "l": "root", "v": 0,
+                    "c": [{"n": n, "l": "", "v": 1, "c": []}
+                          for n in self.NAMES]}
+            options = {"colorscheme": "blue-green",
+                       "context": "# cmdline : " + " ".join(self.NAMES)}
+            page = fg.fill_template(template, tree, options,
+                                    "<!--<script> & </title>")
+        finally:
+            os.unlink(template)
+        body = page.split("<script>\n", 1)[1].rsplit("\n</script>", 1)[0]
+        for c in self.UNSAFE:
+            self.assertNotIn(c, body)
+        m = re.fullmatch(r"const stacks = \[(.*)\];\n"
+                         r"const options = \[(.*)\];", body)
+        self.assertEqual(json.loads(m.group(1)), tree)
+        self.assertEqual(json.loads(m.group(2)), options)
+        self.assertIn("<title>&lt;!--&lt;script&gt; &amp; &lt;/title&gt;"
+                      "</title>", page)
+
+
 class PythonViewTest(unittest.TestCase):
 
     def check_demo(self, name):
@@ -368,6 +459,39 @@ class NativeViewTest(unittest.TestCase):
                       chains)
 
 
+    def test_tree_is_perfs_own(self):
+        # The native tree is the one perf's "perf script report flamegraph
+        # -f json" writes from the same recording.
+        for name in ("demo_fp", "native_fp", "demo_jit"):
+            with self.subTest(name):
+                rec = recording(name)
+                rec.require_html()
+                out = os.path.join(WORK, f"{name}-perf-stacks.json")
+                fg.perf_report_script(rec.data, "flamegraph",
+                                      ["-f", "json", "-o", out], out)
+                with open(out, encoding="utf-8") as f:
+                    perfs = json.load(f)
+                os.unlink(out)
+                self.assertEqual(tree_of(rec.native_html), perfs)
+
+
+class HostileNamesTest(unittest.TestCase):
+    """Names that a program chooses are drawn as they are, in both views,
+    under -X perf and -X perf_jit, including names that are not UTF-8."""
+
+    def test_names_in_both_views(self):
+        for name in ("hostile_fp", "hostile_jit"):
+            rec = recording(name)
+            rec.require_html()
+            for page in (rec.python_html, rec.native_html):
+                with self.subTest(name=name, page=os.path.basename(page)):
+                    shown = {f.rsplit(":", 1)[0] for path, _ in
+                             nodes(tree_of(page)) for f in path
+                             if f.startswith("py::")}
+                    for n in HOSTILE_SHOWN:
+                        self.assertIn(n, shown)
+
+
 class GeckoTest(unittest.TestCase):
 
     def test_gecko_profile(self):
@@ -385,14 +509,18 @@ class GeckoTest(unittest.TestCase):
 
 class FrameBoxes(html.parser.HTMLParser):
     """The <g class="frame"> elements of a dumped page: name, position,
-    width, and the fill of their rectangle."""
+    width, and the fill of their rectangle; and the elements that carry a
+    data-pwned attribute."""
 
     def __init__(self):
         super().__init__()
         self.frames = []
+        self.pwned = []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if "data-pwned" in a:
+            self.pwned.append(tag)
         if tag == "g" and "frame" in (a.get("class") or "").split():
             x, y = re.match(r"translate\(([-\d.e]+),\s*([-\d.e]+)\)",
                             a["transform"]).groups()
@@ -423,31 +551,36 @@ def offline_prefix():
     return []
 
 
-def run_chromium(args, page, profile):
-    """Headless Chromium on PAGE, network off: no namespace network, no
-    name resolution, a dead proxy."""
-    cmd = [*offline_prefix(), chromium(), "--headless", "--no-sandbox",
-           "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           "--disable-background-networking", "--disable-extensions",
-           "--host-resolver-rules=MAP * ~NOTFOUND",
-           "--proxy-server=127.0.0.1:9", f"--user-data-dir={profile}",
-           "--virtual-time-budget=5000", *args,
-           "file://" + os.path.abspath(page)]
-    return subprocess.run(cmd, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=120)
+def run_chromium(args, page):
+    """Headless Chromium on PAGE with a fresh profile, network off: no
+    namespace network, no name resolution, a dead proxy."""
+    os.makedirs(WORK, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="chromium-profile.",
+                                     dir=WORK) as profile:
+        cmd = [*offline_prefix(), chromium(), "--headless", "--no-sandbox",
+               "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--hide-scrollbars", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync",
+               "--disable-extensions",
+               "--host-resolver-rules=MAP * ~NOTFOUND",
+               "--proxy-server=127.0.0.1:9", f"--user-data-dir={profile}",
+               "--virtual-time-budget=5000", *args,
+               "file://" + os.path.abspath(page)]
+        return subprocess.run(cmd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              errors="replace", timeout=120)
 
 
 def screenshot(page, png, width=1200):
     """PNG of PAGE, as tall as its flame graph (read from the page's DOM)."""
     png = os.path.abspath(png)
-    profile = os.path.join(os.path.dirname(png), "chromium-profile")
-    dom = run_chromium([f"--window-size={width},800", "--dump-dom"], page,
-                       profile).stdout
+    dom = run_chromium([f"--window-size={width},800", "--dump-dom"],
+                       page).stdout
     m = re.search(r'<svg[^>]*class="[^"]*d3-flame-graph[^>]*>', dom)
     h = m and re.search(r'\sheight="(\d+)', m.group(0))
     height = (int(h.group(1)) if h else 800) + 60
     proc = run_chromium([f"--window-size={width},{height}",
-                         f"--screenshot={png}"], page, profile)
+                         f"--screenshot={png}"], page)
     if not os.path.exists(png):
         raise AssertionError(f"no screenshot: {proc.stderr[-2000:]}")
 
@@ -479,8 +612,7 @@ class BrowserTest(unittest.TestCase):
                   ".requestSubmit();</script></body>")
         with open(probe, "w", encoding="utf-8") as f:
             f.write(text.replace("</body>", typing, 1))
-        profile = os.path.join(WORK, "chromium-profile")
-        proc = run_chromium(["--dump-dom"], probe, profile)
+        proc = run_chromium(["--dump-dom"], probe)
         boxes = FrameBoxes()
         boxes.feed(proc.stdout)
         frames = boxes.frames
@@ -504,6 +636,30 @@ class BrowserTest(unittest.TestCase):
         with open(png, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         print(f"\n[flamegraph] screenshot: {png}", file=sys.stderr)
+
+
+    def test_hostile_names_in_headless_chromium(self):
+        # Each page of a program that names its functions to attack it: no
+        # script of a name runs, and the graph is drawn with every name.
+        if chromium() is None:
+            missing("Chromium is not installed (apt-get install chromium)")
+        for name in ("hostile_fp", "hostile_jit"):
+            rec = recording(name)
+            rec.require_html()
+            for page in (rec.python_html, rec.native_html):
+                with self.subTest(name=name, page=os.path.basename(page)):
+                    proc = run_chromium(["--dump-dom"], page)
+                    boxes = FrameBoxes()
+                    boxes.feed(proc.stdout)
+                    self.assertEqual(boxes.pwned, [], "a name's script ran")
+                    self.assertFalse("Loading Flame Graph" in proc.stdout,
+                                     "the page still says Loading...")
+                    drawn = {f["name"].rsplit(":", 1)[0]
+                             for f in boxes.frames}
+                    self.assertIn("all", drawn, "no flame graph:"
+                                  f" {proc.stderr[-2000:]}")
+                    for n in HOSTILE_SHOWN:
+                        self.assertIn(n, drawn)
 
 
 if __name__ == "__main__":
