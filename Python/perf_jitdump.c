@@ -191,6 +191,23 @@ buffer_add(buffer *buf, const void *bytes, size_t size)
     return 0;
 }
 
+/* Add name and its NUL, control characters replaced (_PyPerf_CleanName()):
+   perf copies the name into the symbol table and the file name into the
+   line table of jitted-PID-N.so, and perf script prints them one frame a
+   line, so a newline in a name would read as frames of its own. */
+static int
+buffer_add_name(buffer *buf, const char *name)
+{
+    size_t size = strlen(name);
+    if (buffer_reserve(buf, size + 1) < 0) {
+        return -1;
+    }
+    _PyPerf_CleanName(buf->data + buf->size, name, size);
+    buf->data[buf->size + size] = '\0';
+    buf->size += size + 1;
+    return 0;
+}
+
 /* Pad the record that starts at offset start to 8 bytes and set its size. */
 static int
 buffer_end_record(buffer *buf, size_t start)
@@ -223,7 +240,7 @@ add_debug_info(buffer *buf, const _PyJitdump_Code *code, uint64_t now)
     };
     if (buffer_add(buf, &rec, sizeof(rec)) < 0
         || buffer_add(buf, &entry, sizeof(entry)) < 0
-        || buffer_add(buf, code->filename, strlen(code->filename) + 1) < 0)
+        || buffer_add_name(buf, code->filename) < 0)
     {
         return -1;
     }
@@ -263,7 +280,7 @@ add_code_load(buffer *buf, const _PyJitdump_Code *code, uint64_t now,
         .code_index = index,
     };
     if (buffer_add(buf, &rec, sizeof(rec)) < 0
-        || buffer_add(buf, code->name, strlen(code->name) + 1) < 0
+        || buffer_add_name(buf, code->name) < 0
         || buffer_add(buf, code->code, code->code_size) < 0)
     {
         return -1;

@@ -21,8 +21,9 @@
  *     a descriptor opened with O_APPEND: a line is never torn or mixed with
  *     another, and it is in the file (not in a buffer) as soon as the write
  *     returns, even if the process dies right after;
- *   - control characters in names (a newline in a file name) become '?',
- *     since a line break would cut the line in two.
+ *   - control characters in names (a newline in a file name) become '?'
+ *     (_PyPerf_CleanName(), which the jitdump writer uses too), since a
+ *     line break would cut the line in two.
  *
  * The file is opened lazily and safely, and starts empty in each process
  * (Python/perf_outfile.c).  After fork() the child must not write into its
@@ -58,6 +59,15 @@
 static _PyPerfOutput map = _PyPerfOutput_INIT("/tmp/perf-%ld.map", 1, 0);
 
 
+void
+_PyPerf_CleanName(char *dest, const char *name, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        dest[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+}
+
 /* Format "START SIZE NAME\n" into buf (of size bufsize), or into a new
    malloc() buffer when it does not fit.  Return the line and set *len, or
    return NULL when out of memory.  Python's allocators are not used here
@@ -80,10 +90,7 @@ format_line(char *buf, size_t bufsize, const void *code, size_t size,
         }
     }
     memcpy(line, prefix, (size_t)n);
-    for (size_t i = 0; i < name_len; i++) {
-        unsigned char c = (unsigned char)name[i];
-        line[n + i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-    }
+    _PyPerf_CleanName(line + n, name, name_len);
     line[total - 1] = '\n';
     *len = total;
     return line;

@@ -89,6 +89,16 @@ extern void _PyPerf_SetError(int errnum, const char *format, ...);
 extern const char * _PyPerf_GetError(void);
 
 
+/* ---- Names written for perf (Python/perf_map.c) ---- */
+
+/* Copy the n bytes of name to dest (room for n bytes, no NUL added) with
+   each control character (0x00-0x1f, 0x7f) replaced by '?'.  The perf map
+   and the jitdump both go through it: a program chooses its function and
+   file names, and a newline or an escape in one would let it add lines to
+   the map, or frames to perf script's output, that no code of it has. */
+extern void _PyPerf_CleanName(char *dest, const char *name, size_t n);
+
+
 /* ---- Files in /tmp (Python/perf_outfile.c) ---- */
 
 #ifndef MS_WINDOWS

@@ -92,15 +92,20 @@ main()
 # Functions whose names are a page's worst enemies: one that ends the
 # <script> element and runs its own script, one that hides the end of the
 # element from the HTML parser, JavaScript line terminators and entities,
-# and one that is not UTF-8 (its qualname's lone surrogates become the bytes
-# 0xff 0xfe in the perf map and the jitdump).
+# one that is not UTF-8 (its qualname's lone surrogates become the bytes
+# 0xff 0xfe in the perf map and the jitdump), and one with control
+# characters that would read, in perf script's output, as frames and a
+# sample of their own.
 PWN = ("</script><script>document.documentElement"
        ".setAttribute('data-pwned','yes')</script>")
+FAKE = "ctl\n\t    7f0000 FAKE_FRAME (/x)\n\nROOT_FAKE 1/1\x1b"
 HOSTILE_NAMES = (PWN, "<!--<script>", "a\u2028b\u2029c&amp;>",
-                 "bad\udcff\udcfename")
-# How perf script shows them (bytes that are not UTF-8 read as U+FFFD).
+                 "bad\udcff\udcfename", FAKE)
+# How perf script shows them (bytes that are not UTF-8 read as U+FFFD,
+# control characters replaced by '?' by the interpreter).
 HOSTILE_SHOWN = ("py::" + PWN, "py::<!--<script>", "py::a\u2028b\u2029c&amp;>",
-                 "py::bad\ufffd\ufffdname")
+                 "py::bad\ufffd\ufffdname",
+                 "py::ctl??    7f0000 FAKE_FRAME (/x)??ROOT_FAKE 1/1?")
 HOSTILE_SCRIPT = f"""\
 def spin():
     t = 0
@@ -490,6 +495,10 @@ class HostileNamesTest(unittest.TestCase):
                              if f.startswith("py::")}
                     for n in HOSTILE_SHOWN:
                         self.assertIn(n, shown)
+                    invented = [path for path, _ in nodes(tree_of(page))
+                                if re.match(r"(FAKE_FRAME|ROOT_FAKE)",
+                                            path[-1])]
+                    self.assertEqual(invented, [])
 
 
 class GeckoTest(unittest.TestCase):

@@ -8,7 +8,7 @@ import stat
 import unittest
 
 from test.test_perf_profiler.util import (
-    CONTROL_CHARS, JitDump, PerfTestCase, entry_name, jitdump_path)
+    CONTROL_CHARS, CONTROL_NAMES_SCRIPT, JitDump, PerfTestCase, entry_name, jitdump_path)
 
 
 # ---- perf_jit: the jitdump --------------------------------------------------
@@ -113,6 +113,27 @@ class TestJitDump(PerfTestCase):
             "-X", "perf",
             activation='sys.activate_stack_trampoline("perf_jit")',
             qualnames=("foo", "bar", "baz", "K.method"))
+
+    def test_control_characters_in_names(self):
+        # Replaced by '?' as in the perf map, in function names and in the
+        # file names of the line tables: perf script prints one frame a
+        # line, so a newline would add frames that no code has.
+        script = self.make_script(CONTROL_NAMES_SCRIPT)
+        res = self.run_ok("-X", "perf_jit", script)
+        dump = self.read_jitdump(res.pid)
+        names = [load.name for _, load in dump.code_loads()]
+        files = [entry.name for record in dump.records
+                 if record.id == JitDump.CODE_DEBUG_INFO
+                 for entry in dump.parse_debug_info(record).entries]
+        for name in names + files:
+            self.assertIsNone(CONTROL_CHARS.search(name), name)
+        for filename in ("a?b.py", "tab?here?.py"):
+            self.assertEqual(files.count(filename.encode()), 2, filename)
+            for qualname in ("f", "<module>"):
+                self.assertEqual(
+                    names.count(entry_name(qualname, filename)), 1,
+                    (qualname, filename))
+        self.assertEqual(names.count(entry_name("bad?name?", script)), 1)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import unittest
 from test import support
 from test.support import import_helper, os_helper, threading_helper
 from test.test_perf_profiler.util import (
-    PERF_TIMEOUT, PY_NAME, SUBPROCESS_TIMEOUT, PerfTestCase, entry_name,
-    jitdump_path, map_path)
+    CONTROL_NAMES_SCRIPT, PERF_TIMEOUT, PY_NAME, SUBPROCESS_TIMEOUT,
+    PerfTestCase, entry_name, jitdump_path, map_path)
 
 
 # ---- The map file -----------------------------------------------------------
@@ -107,15 +107,7 @@ class TestMapFile(PerfTestCase):
         self.assertEqual(len(starts), len(set(starts)), "duplicate addresses")
 
     def test_control_characters_in_names(self):
-        script = self.make_script("""\
-            src = "def f():\\n    return 1\\nf()\\n"
-            exec(compile(src, "a\\nb.py", "exec"), {})
-            exec(compile(src, "tab\\there\\r.py", "exec"), {})
-            def g():
-                return 2
-            g.__code__ = g.__code__.replace(co_qualname="bad\\x1bname\\x7f")
-            g()
-            """)
+        script = self.make_script(CONTROL_NAMES_SCRIPT)
         res = self.run_ok("-X", "perf", script)
         pmap = self.read_map(res.pid)
         self.assertNamedOnce(pmap, "f", "<module>", filename="a?b.py")

@@ -39,6 +39,18 @@ MAP_LINE = re.compile(rb"([0-9a-f]+) ([0-9a-f]+) ([^\x00-\x1f\x7f]+)")
 # assertRegex()).
 PY_NAME = re.compile(rb"\Apy::.*:.*\Z")
 CONTROL_CHARS = re.compile(rb"[\x00-\x1f\x7f]")
+# Code with control characters in its file names and in a qualname, which
+# every writer (perf map, jitdump) replaces with '?': a?b.py and
+# tab?here?.py (f and <module> in each), bad?name? (in the script).
+CONTROL_NAMES_SCRIPT = """\
+src = "def f():\\n    return 1\\nf()\\n"
+exec(compile(src, "a\\nb.py", "exec"), {})
+exec(compile(src, "tab\\there\\r.py", "exec"), {})
+def g():
+    return 2
+g.__code__ = g.__code__.replace(co_qualname="bad\\x1bname\\x7f")
+g()
+"""
 # What a child prints for itself (see run_child()) and for the processes it
 # forks.
 PID_LINE = re.compile(rb"^pid=(\d+)$", re.MULTILINE)
