@@ -86,8 +86,8 @@ PYTHON_FOR_REGEN ?= python3
 # Script profiled by "make demo" (default: the demo written to build/demo.py).
 SCRIPT ?=
 # Flame graphs ("make demo", "make flamegraph"): python (interpreter frames
-# between Python frames folded away), native (every frame, perf's own
-# flamegraph script) or both.
+# between Python frames folded away), native (every frame, as perf's own
+# flamegraph script draws them) or both.
 VIEW ?= python
 # "make flamegraph": the perf.data to draw, and the directory of the outputs
 # (default: the directory of DATA).

@@ -204,7 +204,8 @@
  */
 
 #include "Python.h"
-#include "pycore_perf_trampoline.h"   // _PyPerfGdb_AddTrampoline()
+#include "pycore_perf_trampoline.h"   // _PyPerfGdb_AddTrampoline(),
+                                      // _PyPerf_CleanName()
 
 #if defined(PY_HAVE_PERF_TRAMPOLINE) \
     && (defined(__x86_64__) \
@@ -768,8 +769,11 @@ append(image *img, uintptr_t code, size_t size, const char *name,
     };
     memcpy(img->object + symbol_offset(index), &symbol, sizeof(symbol));
 
-    memcpy(img->object + layout.strtab_offset + img->strtab_size, name,
-           name_size);
+    /* Control characters replaced, as in the perf map: gdb prints names
+       as they are, to the terminal of whoever reads the backtrace. */
+    char *dest = (char *)img->object + layout.strtab_offset + img->strtab_size;
+    _PyPerf_CleanName(dest, name, name_size - 1);
+    dest[name_size - 1] = '\0';
     img->strtab_size += name_size;
 
     write_fde(img->object, layout.eh_frame_offset, fde_offset(index), code);

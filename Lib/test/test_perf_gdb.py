@@ -42,7 +42,8 @@ TIMEOUT = support.SHORT_TIMEOUT
 # forked child, under a function that only the child runs.  "quiet" waits,
 # then runs three new functions that trap at once.  "now" traps at once,
 # then again after a wait; "attach" waits for a debugger to attach, then
-# runs a burst of new functions and does what "now" does.
+# runs a burst of new functions and does what "now" does; "control" traps
+# in a function whose name holds control characters.
 #
 # While gdb watches, a burst of new functions reaches it at most
 # FLUSH_DELAY later (Python/perf_gdb_jit.c, "Chunks"): "trap" waits that
@@ -114,6 +115,12 @@ elif action == "switch":
     sys.deactivate_stack_trampoline()
     sys.activate_stack_trampoline("perf")
     foo("trap")
+elif action == "control":
+    def trap():
+        time.sleep({3 * FLUSH_DELAY:.1f})
+        os.kill(os.getpid(), signal.SIGTRAP)
+    trap.__code__ = trap.__code__.replace(co_qualname="red\\x1b[31mname\\x7f")
+    trap()
 elif action == "fork":
     pid = os.fork()
     if pid == 0:
@@ -326,6 +333,18 @@ class TestGdbBacktrace(unittest.TestCase):
                                             "bt")
                 self.assertEqual(output.count("SIGTRAP"), 2, output)
                 self.assertNamedAfterTheWait(output)
+
+    def test_control_characters_in_names(self):
+        # A function may be named anything: gdb prints the names it is
+        # given as they are, to its user's terminal.  They come with
+        # control characters replaced, as in the perf map.
+        for xoption in ("perf", "perf_jit"):
+            with self.subTest(xoption=xoption):
+                output = self.run_under_gdb(["-X", xoption], "control", "bt")
+                self.assertIn("SIGTRAP", output)
+                self.assertIn(self.py_name("red?[31mname?"),
+                              self.frames(output), output)
+                self.assertNotIn("\x1b", output)
 
     def test_no_python_frames_without_perf(self):
         output = self.run_under_gdb([], "trap", "bt")

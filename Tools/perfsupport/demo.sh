@@ -154,7 +154,7 @@ fi
 # ---- flame graph -------------------------------------------------------------------
 case $fg_rc in
     0) ;;
-    3) grep 'WARNING' "$OUT/flamegraph.log" | head -n 1 | sed 's/^\[flamegraph\] WARNING: //' \
+    3|4) grep 'WARNING' "$OUT/flamegraph.log" | head -n 1 | sed 's/^\[flamegraph\] WARNING: //' \
            | while IFS= read -r line; do warn "$line"; done ;;
     *) warn "no flame graph (exit $fg_rc); log: $OUT/flamegraph.log"
        tail -n 5 "$OUT/flamegraph.log" | indent >&2 ;;
