@@ -27,7 +27,10 @@ What this does:
   - when perf record ends, for each such process that wrote a map or a
     dump there, it copies /tmp/perf-NSPID.map to this host's
     /tmp/perf-HOSTPID.map, and /tmp/jit-NSPID.dump to
-    /tmp/jit-HOSTPID.dump with its pids changed to the host pid;
+    PERFDATA.jitdumps-XXXXXX/jit-HOSTPID.dump, a new directory of root's
+    beside perf.data, with its pids changed to the host pid (not /tmp:
+    perf inject --jit writes an ELF file beside each jitdump, at names the
+    dump chooses, where anyone could plant a link);
   - if it copied a jitdump, it rewrites the perf.data file so that the
     marker of that process names the host copy (perf inject -o - turns the
     file into a stream, this script changes the marker records, perf inject
@@ -36,22 +39,26 @@ What this does:
 Copies are written to new files renamed over the host's names: a stale
 file of an earlier process with the same pid is replaced, a link is never
 followed, and a copy interrupted by Ctrl-C leaves nothing.  The files of a
-process that has the pid by then are left alone.
+process that has the pid by then are left alone, and so are those of a pid
+that two processes had during the recording (a process of this host may
+have written the map that a container's would replace).
 
 A container's files are written by whoever runs it, and are copied within a
 budget for the whole run: --max-bytes (default 256M; K, M and G suffixes),
---max-files (default 4096) and --max-seconds (default 60); one line says
-which budget ended the copies.  A copy never holds more than its process
-really wrote: reads stop at the size seen when the file was opened and at
-the space it occupies (holes are not copied), a map keeps only valid map
-lines, a jitdump only whole valid records up to the first that is not.  An
-error with one process's files skips that process with one line; a
-directory planted at a host name is skipped, a link or another user's file
-there is replaced by rename, never followed.  At most half of the
-descriptors this script may have hold containers' /tmp directories (one
-line when they are all taken).  A process that ends before this script
-has seen it (a few milliseconds) is missed; with -v the script says what
-it kept.
+--max-files (default 4096) and --max-seconds (default 60, checked at every
+read); one line says which budget ended the copies.  A copy never holds
+more than its process really wrote: reads stop at the size seen when the
+file was opened and at the space it occupies (holes are not copied), a map
+keeps only valid map lines (4096 bytes at most), a jitdump only whole valid
+records up to the first that is not.  An error with one process's files
+skips that process with one line; a directory planted at a host name is
+skipped, a link or another user's file there is replaced by rename, never
+followed, and a file that the container bound over its own name is not
+read.  At most half of the descriptors this script may have hold
+containers' /tmp directories (one line when they are all taken).  What a
+container named (a marker's path) is printed with control characters
+escaped.  A process that ends before this script has seen it (a few
+milliseconds) is missed; with -v the script says what it kept.
 
 Exit status: that of perf record, or 1 if keeping the files failed.
 """
@@ -78,6 +85,13 @@ VERBOSE = False
 def log(msg):
     if VERBOSE:
         print(f"perf_record_ns: {msg}", file=sys.stderr, flush=True)
+
+
+def shown(data):
+    """bytes that a container chose, as text that holds no control
+    character (nor invalid UTF-8) to print to root's terminal."""
+    text = data.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def namespace_ids(pid):
@@ -119,6 +133,12 @@ class Tracker:
         # libgcc_s when a thread exits) would run out of them.
         self.max_dirs = max_dirs
         self.full = False
+        # When each process seen, of this host or not, started; and the
+        # pids that two processes had in the recording.  The files at such
+        # a pid's names may be another process's: a process of this host
+        # wrote /tmp/perf-PID.map, then a container's took the pid.
+        self.starts = {}        # pid -> start time
+        self.reused = set()
 
     def close(self):
         for fd in self.tmp_dirs.values():
@@ -137,10 +157,15 @@ class Tracker:
                   file=sys.stderr)
 
     def _see(self, pid):
+        started = start_time(pid)
+        if started is None:
+            return              # gone already
+        with self.lock:
+            if self.starts.setdefault(pid, started) != started:
+                self.reused.add(pid)
         try:
             if namespace_ids(pid) == self.ours:
                 return
-            started = start_time(pid)
             nspid = inner_pid(pid)
             # O_NOFOLLOW: a /tmp that is a symbolic link would be followed
             # from this host's root, not the container's.
@@ -291,6 +316,7 @@ class PollWatcher(threading.Thread):
 # leaves nothing behind.
 CHUNK = 1 << 20
 MAX_RECORD = 16 << 20           # no jitdump record is near this
+MAX_LINE = 4096                 # nor any map line
 MAP_LINE = re.compile(rb"[0-9a-f]{1,16} [0-9a-f]{1,16} [^\x00-\x1f\x7f]+\n")
 
 
@@ -336,7 +362,9 @@ class Budget:
 
 
 def open_at(dir_fd, name):
-    """(file object, stat) for a regular file name in dir_fd, or None."""
+    """(file object, stat) for a regular file name in dir_fd, or None.
+    The file must be on the directory's file system: a file that the
+    container bound there (a host file it may not even read) is not."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -344,7 +372,8 @@ def open_at(dir_fd, name):
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) \
+                or st.st_dev != os.fstat(dir_fd).st_dev:
             os.close(fd)
             return None
         return os.fdopen(fd, "rb"), st
@@ -407,16 +436,18 @@ def copy_map(dst, src, st, budget):
         left = min(end - start, limit)
         limit -= left
         while left > 0:
+            budget.check_time()
             chunk = os.read(fd, min(CHUNK, left))
             if not chunk:
                 break
             left -= len(chunk)
             pending += chunk
             *complete, pending = pending.split(b"\n")
-            if len(pending) > 4096:
+            if len(pending) > MAX_LINE:
                 pending = b""   # no line is that long
             out = b"".join(line + b"\n" for line in complete
-                           if MAP_LINE.fullmatch(line + b"\n"))
+                           if len(line) <= MAX_LINE
+                           and MAP_LINE.fullmatch(line + b"\n"))
             if out:
                 budget.take(len(out))
                 dst.write(out)
@@ -458,6 +489,7 @@ def copy_jitdump(dst, src, st, host_pid, budget):
     dst.write(rest)
     limit -= header_size
     while limit >= 16:
+        budget.check_time()
         head = read_exactly(src, 16)
         if head is None:
             break
@@ -494,13 +526,13 @@ def host_target_ok(path):
     return True
 
 
-def keep_process(dir_fd, host_pid, nspid, budget, dumps):
+def keep_process(dir_fd, host_pid, nspid, budget, dumps, places):
     """Copy the map and the jitdump that process host_pid wrote as nspid
     in its /tmp (dir_fd); add (host_pid, nspid) to dumps for a jitdump."""
-    kinds = (("perf-{}.map", copy_map, ()),
-             ("jit-{}.dump", copy_jitdump, (host_pid,)))
-    for name, copy, args in kinds:
-        path = "/tmp/" + name.format(host_pid)
+    kinds = (("perf-{}.map", copy_map, (), "/tmp"),
+             ("jit-{}.dump", copy_jitdump, (host_pid,), places.jit_dir))
+    for name, copy, args, where in kinds:
+        path = os.path.join(where, name.format(host_pid))
         opened = open_at(dir_fd, name.format(nspid))
         if opened is None:
             continue
@@ -515,7 +547,35 @@ def keep_process(dir_fd, host_pid, nspid, budget, dumps):
                     dumps.add((host_pid, nspid))
 
 
-def keep_files(tracker, budget):
+class Places:
+    """Where the copies go.  The maps go to /tmp, where perf looks for
+    them.  The jitdumps go to a new directory of root's beside perf.data,
+    made the first time one is kept: perf inject --jit writes an ELF file
+    beside each jitdump, named after the process and the code index the
+    dump gives, which in /tmp anyone could plant a link at."""
+
+    def __init__(self, data_path):
+        self.data_path = os.path.abspath(data_path)
+        self._jit_dir = None
+
+    @property
+    def jit_dir(self):
+        if self._jit_dir is None:
+            self._jit_dir = tempfile.mkdtemp(
+                prefix=os.path.basename(self.data_path) + ".jitdumps-",
+                dir=os.path.dirname(self.data_path))
+        return self._jit_dir
+
+    def remove_unused(self):
+        if self._jit_dir is not None:
+            try:
+                os.rmdir(self._jit_dir)     # only if nothing was kept
+            except OSError:
+                print(f"perf_record_ns: jitdumps kept in {self._jit_dir}",
+                      file=sys.stderr)
+
+
+def keep_files(tracker, budget, places):
     """Copy what the processes of other namespaces wrote; return the
     {(host pid, inner pid)} whose jitdump was kept."""
     dumps = set()
@@ -526,6 +586,11 @@ def keep_files(tracker, budget):
         if nspid == host_pid and key == (own_tmp.st_dev, own_tmp.st_ino):
             continue            # perf finds these files itself
         now = start_time(host_pid)
+        if host_pid in tracker.reused:
+            print(f"perf_record_ns: pid {host_pid} was several processes' "
+                  f"during the recording: its files are not touched",
+                  file=sys.stderr)
+            continue
         if now is not None and now != started:
             print(f"perf_record_ns: pid {host_pid} is another process's "
                   f"now: its files are not touched", file=sys.stderr)
@@ -533,7 +598,7 @@ def keep_files(tracker, budget):
         try:
             budget.check_time()     # also between processes with no file
             keep_process(tracker.tmp_dirs[key], host_pid, nspid, budget,
-                         dumps)
+                         dumps, places)
         except BudgetExhausted:
             break
         except (OSError, ValueError) as exc:
@@ -548,9 +613,9 @@ PERF_RECORD_MMAP, PERF_RECORD_MMAP2 = 1, 10
 FILENAME_OFFSET = {PERF_RECORD_MMAP: 40, PERF_RECORD_MMAP2: 72}
 
 
-def rewrite_markers(stream, dumps):
+def rewrite_markers(stream, dumps, jit_dir):
     """Yield the records of a pipe-mode perf.data stream, with the mmap of
-    /.../jit-NSPID.dump by host pid HOSTPID naming /tmp/jit-HOSTPID.dump."""
+    /.../jit-NSPID.dump by host pid HOSTPID naming JIT_DIR/jit-HOSTPID.dump."""
     header = stream.read(16)
     yield header
     wanted = {host: f"/jit-{ns}.dump".encode() for host, ns in dumps}
@@ -571,24 +636,25 @@ def rewrite_markers(stream, dumps):
             if end > 0 and pid in wanted and name.endswith(wanted[pid]):
                 padded = (end - where + 1 + 7) & ~7
                 trailer = record[where + padded:]
-                new_name = f"/tmp/jit-{pid}.dump".encode() + b"\0"
+                new_path = os.path.join(jit_dir, f"jit-{pid}.dump")
+                new_name = os.fsencode(new_path) + b"\0"
                 new_name += b"\0" * (-len(new_name) % 8)
                 record = bytearray(record[:where] + new_name + trailer)
                 struct.pack_into("=H", record, 6, len(record))
                 record = bytes(record)
-                log(f"marker of process {pid}: {name.decode()} -> "
-                    f"/tmp/jit-{pid}.dump")
+                log(f"marker of process {pid}: {shown(name)} -> "
+                    f"{new_path}")
         yield record
 
 
-def rewrite_perf_data(perf, data_path, dumps):
+def rewrite_perf_data(perf, data_path, dumps, jit_dir):
     tmp_path = data_path + ".ns-tmp"
     reader = subprocess.Popen([perf, "inject", "-i", data_path, "-o", "-"],
                               stdout=subprocess.PIPE)
     writer = subprocess.Popen([perf, "inject", "-i", "-", "-o", tmp_path],
                               stdin=subprocess.PIPE)
     try:
-        for chunk in rewrite_markers(reader.stdout, dumps):
+        for chunk in rewrite_markers(reader.stdout, dumps, jit_dir):
             writer.stdin.write(chunk)
     finally:
         writer.stdin.close()
@@ -713,15 +779,18 @@ def main(argv):
         watcher.stop()
     budget = Budget(limits["--max-bytes"], limits["--max-files"],
                     limits["--max-seconds"])
+    places = Places(output_path(args[2:]))
     try:
-        dumps = keep_files(tracker, budget)
+        dumps = keep_files(tracker, budget, places)
         if dumps:
-            rewrite_perf_data(perf, output_path(args[2:]), dumps)
+            rewrite_perf_data(perf, places.data_path, dumps,
+                              places.jit_dir)
     except OSError as exc:
         print(f"perf_record_ns: {exc}", file=sys.stderr)
         return 1
     finally:
         tracker.close()
+        places.remove_unused()
     return rc
 
 

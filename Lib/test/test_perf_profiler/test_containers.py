@@ -7,6 +7,7 @@ import re
 import resource
 import shlex
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -159,6 +160,47 @@ while size < 2 << 30:
     time.sleep(0.01)
 """
 
+# A map that is a host file bound over the container's own name, while a
+# child keeps the container's namespace alive after the recording.
+BOUND_MAP = r"""
+import os, subprocess, time
+path = f"/tmp/perf-{os.getpid()}.map"
+open(path, "w").close()
+subprocess.run(["mount", "--bind", SECRET, path], check=True)
+child = os.fork()
+if child == 0:
+    os.close(1)
+    time.sleep(5)
+    os._exit(0)
+print(f"writer={child}", flush=True)
+time.sleep(0.5)
+"""
+
+# A jitdump, and a marker of it (an executable mapping that perf records)
+# in a directory whose name is not UTF-8 and holds escape sequences.
+ODD_MARKER = r"""
+import mmap, os, struct, time
+pid = os.getpid()
+odd = b"/tmp/\xff\x1b]0;title\x07\x1b[2J"
+os.mkdir(odd)
+header = struct.pack("=IIIIIIQQ", 0x4A695444, 1, 40, 62, 0, pid, 0, 0)
+for path in (b"/tmp/jit-%d.dump" % pid, odd + b"/jit-%d.dump" % pid):
+    with open(path, "wb") as f:
+        f.write(header + bytes(4096))
+fd = os.open(odd + b"/jit-%d.dump" % pid, os.O_RDONLY)
+marker = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE,
+                   mmap.PROT_READ | mmap.PROT_EXEC)
+time.sleep(0.5)
+"""
+
+# 64 MiB of empty lines.
+EMPTY_LINES_MAP = r"""
+import os
+with open(f"/tmp/perf-{os.getpid()}.map", "wb") as f:
+    for _ in range(64):
+        f.write(b"\n" * (1 << 20))
+"""
+
 # A map with one valid line, as a Python with -X perf writes it.
 PLAIN_MAP = r"""
 import os, time
@@ -275,8 +317,16 @@ class TestHostileContainers(PerfTestCase):
         rc, stderr, pids = self.record(self.container(GROWING_JITDUMP))
         self.assertEqual(rc, 0, stderr)
         self.assertEqual(len(pids), 1, stderr)
-        self.assertIn(f"kept /tmp/jit-{pids[0]}.dump", stderr)
-        with open(jitdump_path(pids[0]), "rb") as f:
+        # Kept beside perf.data, in a directory of root's: perf inject
+        # writes files beside it at names that the dump chooses.
+        kept = re.findall(rf"kept (\S+)/jit-{pids[0]}\.dump ", stderr)
+        self.assertEqual(len(kept), 1, stderr)
+        self.assertEqual(os.path.dirname(kept[0]), self.tmp)
+        st = os.lstat(kept[0])
+        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o700))
+        self.assertTrue(stat.S_ISDIR(st.st_mode))
+        self.assertFalse(self.written(jitdump_path(pids[0])))
+        with open(os.path.join(kept[0], f"jit-{pids[0]}.dump"), "rb") as f:
             data = f.read()
         self.assertLess(len(data), 4096)
         dump = JitDump(data)
@@ -328,6 +378,40 @@ class TestHostileContainers(PerfTestCase):
         self.assertLessEqual(len(copied), 256 // 2, stderr[-2000:])
         for pid in copied:
             self.assertCopied(pid, stderr)
+
+    def test_bound_file_not_read(self):
+        # A container binds a host file that its user cannot read over its
+        # own map: root must not copy it to a name everyone can see.
+        secret = os.path.join(self.tmp, "secret")
+        with open(secret, "w") as f:
+            f.write("1000 10 py::secret:/c.py\n")
+        os.chmod(secret, 0o600)
+        rc, stderr, pids = self.record(self.container(
+            BOUND_MAP.replace("SECRET", repr(secret))))
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(pids), 1, stderr)
+        self.assertFalse(self.written(map_path(pids[0])), stderr)
+        self.assertNotIn("secret", stderr)
+
+    def test_marker_names_shown_escaped(self):
+        # The path of a jitdump marker is the container's choice: not
+        # UTF-8 (the tool used to die on it, every marker left as it was)
+        # and with escape sequences (written raw to root's terminal).
+        rc, stderr, pids = self.record(self.container(ODD_MARKER))
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(pids), 1, stderr)
+        self.assertRegex(stderr, rf"marker of process {pids[0]}: .*\\xff")
+        self.assertNotIn("\x1b", stderr)
+        self.assertNotIn("\x07", stderr)
+
+    def test_slow_map_within_time_budget(self):
+        # 64 MiB of empty lines: nothing to copy, slow to read.  The time
+        # budget ends the read.
+        rc, stderr, pids = self.record(self.container(EMPTY_LINES_MAP),
+                                       options=("--max-seconds", "1"))
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(stderr.count("--max-seconds budget of this run "
+                                      "used up"), 1, stderr)
 
     def test_planted_host_names(self):
         # At the host's /tmp/perf-PID.map of three containers: a directory
