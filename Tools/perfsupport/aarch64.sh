@@ -595,7 +595,14 @@ def absptr(b, j, enc):
     begin, rng = struct.unpack_from("<QQ", b, j)
     return begin, rng, j + 16
 
-nobj = nsym = 0
+# Two kinds of object (Python/perf_gdb_jit.c): a chunk's, with .symtab
+# naming its trampolines and an FDE for each; and an arena's, made with the
+# arena, with no .symtab and an empty .text, whose .eh_frame has an FDE per
+# slot.  Every FDE of both must be the template's rules, as readelf reads
+# them too; every named trampoline must also lie at a slot of an arena.
+nobj = nsym = narena = nslot = 0
+arena_slots = set()
+named = []                                  # (object, name, address)
 for fn in sorted(os.listdir(objdir)):
     if not fn.startswith("gdb-"): continue
     nobj += 1
@@ -611,12 +618,25 @@ for fn in sorted(os.listdir(objdir)):
     shstr = secs[shstrndx]
     def secname(s): o = shstr[4] + s[0]; return elf[o:elf.index(b"\0", o)].decode()
     byname = {secname(s): s for s in secs}
-    symtab, strtab, ehs = byname[".symtab"], byname[".strtab"], byname[".eh_frame"]
+    if ".eh_frame" not in byname:
+        problem(f"{fn}: no .eh_frame (sections {sorted(byname)})"); continue
+    ehs = byname[".eh_frame"]
+    arena = ".symtab" not in byname
     syms = {}
-    for k in range(1, symtab[5] // 24):
-        st_name, info, other, shndx, value, size = struct.unpack_from("<IBBHQQ", elf, symtab[4] + 24 * k)
-        o = strtab[4] + st_name
-        syms[value] = (elf[o:elf.index(b"\0", o)], size)
+    if arena:
+        if ".strtab" in byname:
+            problem(f"{fn}: .strtab without .symtab")
+        text = byname.get(".text")
+        if text is None or text[5] != 0:
+            problem(f"{fn}: an arena's object whose .text is not empty")
+    else:
+        if ".strtab" not in byname:
+            problem(f"{fn}: .symtab without .strtab"); continue
+        symtab, strtab = byname[".symtab"], byname[".strtab"]
+        for k in range(1, symtab[5] // 24):
+            st_name, info, other, shndx, value, size = struct.unpack_from("<IBBHQQ", elf, symtab[4] + 24 * k)
+            o = strtab[4] + st_name
+            syms[value] = (elf[o:elf.index(b"\0", o)], size)
     eh = elf[ehs[4]:ehs[4] + ehs[5]]
     # every FDE, walking the section
     j, fdes = 0, {}
@@ -632,8 +652,25 @@ for fn in sorted(os.listdir(objdir)):
                 problem(f"{fn}: FDE at {j}: {exc}")
         j += 4 + ln
     binutils = readelf_rows(p)
+    if arena:
+        narena += 1
+        nslot += len(fdes)
+        if not fdes:
+            problem(f"{fn}: an arena's object without FDEs")
+        starts = sorted(fdes)
+        steps = {b - a for a, b in zip(starts, starts[1:])}
+        if len(steps) > 1 or steps and min(steps) < tsize:
+            problem(f"{fn}: the slots' FDEs are not evenly spaced by at least the template's size: {sorted(steps)[:5]}")
+        for addr, (pc_range, rows) in fdes.items():
+            if pc_range != tsize or rows != ref_rows:
+                problem(f"{fn}: the FDE of slot {addr:#x}: range {pc_range}, rows {rows} (reference {tsize}, {ref_rows})")
+            if binutils.get(addr) != (addr + tsize, ref_rows):
+                problem(f"{fn}: readelf reads the FDE of slot {addr:#x} as {binutils.get(addr)}")
+        arena_slots.update(fdes)
+        continue
     for addr, (name, size) in syms.items():
         nsym += 1
+        named.append((fn, name, addr))
         if not name.startswith(b"py::"): problem(f"{fn}: symbol {name!r}")
         if loads.get(addr) not in (None, name):
             problem(f"{fn}: {name!r} at {addr:#x} is {loads[addr]!r} in the jitdump")
@@ -644,11 +681,15 @@ for fn in sorted(os.listdir(objdir)):
             problem(f"{fn}: FDE of {name!r}: range {pc_range}, rows {rows} (reference {tsize}, {ref_rows})")
         if binutils.get(addr) != (addr + tsize, ref_rows):
             problem(f"{fn}: readelf reads the FDE of {name!r} as {binutils.get(addr)}")
-if nobj == 0 or nsym == 0:
-    problem(f"no gdb JIT object or symbol ({nobj} objects, {nsym} symbols)")
+for fn, name, addr in named:
+    if addr not in arena_slots:
+        problem(f"{fn}: {name!r} at {addr:#x} is at no slot of an arena's object")
+if nobj == 0 or nsym == 0 or narena == 0:
+    problem(f"no gdb JIT object, symbol or arena ({nobj} objects, {nsym} symbols, {narena} arenas)")
 
 print(f"template {tsize} bytes, rows of asm_trampoline.o: " + "; ".join(f"+{loc}: CFA={cfa} x29={x29} x30={ra}" for loc, cfa, x29, ra in ref_rows))
-print(f"jitdump: {len(loads)} code loads (code, .eh_frame, .eh_frame_hdr); gdb JIT: {nobj} objects, {nsym} symbols (FDEs, also read by readelf)")
+print(f"jitdump: {len(loads)} code loads (code, .eh_frame, .eh_frame_hdr); gdb JIT: {nobj} objects, "
+      f"{nsym} symbols, {narena} arena(s) of {nslot} slots (FDEs, also read by readelf)")
 for p in problems[:20]: print("PROBLEM:", p)
 print(f"{len(problems)} problem(s)" if problems else "all of them are the template and describe it as its .cfi directives do")
 sys.exit(1 if problems else 0)
