@@ -20,7 +20,7 @@ from test.test_perf_profiler.test_real_perf import (
     HAS_FRAME_POINTERS, PERF_SCRIPT, RealPerfJitTestCase, RealPerfTestCase)
 from test.test_perf_profiler.util import (
     PERF, UNSHARE, JitDump, PerfTestCase, count_chains, jitdump_path,
-    map_path, missing_tool, perf_stacks, perf_tool, probe_once)
+    map_path, missing_tool, perf_record, perf_stacks, perf_tool, probe_once)
 
 RECORD_NS = perf_tool("perf_record_ns.py")
 
@@ -58,9 +58,9 @@ class ContainerChecks:
         """Record the container's run; return (perf script text, the host
         pid of its Python process)."""
         data = os.path.join(self.tmp, "perf.data")
-        record = [PERF, "record", *self.call_graph, "-o", data, "--",
-                  UNSHARE, *CONTAINER, sys.executable, "-X", self.backend,
-                  "-c", CODE]
+        record = perf_record(self, [
+            *self.call_graph, "-o", data, "--", UNSHARE, *CONTAINER,
+            sys.executable, "-X", self.backend, "-c", CODE])
         cmd = [sys.executable, RECORD_NS, "-v", "--", *record] if keep \
             else record
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,

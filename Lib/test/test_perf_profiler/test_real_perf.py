@@ -13,7 +13,7 @@ import unittest
 from test.support import import_helper
 from test.test_perf_profiler.util import (
     MIN_COMPLETE_SHARE, PERF, PERF_TIMEOUT, PerfTestCase, count_chains,
-    perf_stacks)
+    needs, perf_record, perf_stacks)
 
 
 # ---- The real perf ----------------------------------------------------------
@@ -47,6 +47,7 @@ HAS_FRAME_POINTERS = "-fno-omit-frame-pointer" in (
     sysconfig.get_config_var("PY_CORE_CFLAGS") or "")
 
 
+@needs("perf_samples")
 class RealPerfTestCase(PerfTestCase):
     """Profile PERF_SCRIPT under the real perf."""
 
@@ -59,7 +60,9 @@ class RealPerfTestCase(PerfTestCase):
             self.unavailable("perf is not installed")
 
     def perf_run(self, *args):
-        return subprocess.run([PERF, *args], stdin=subprocess.DEVNULL,
+        cmd = (perf_record(self, args[1:]) if args[:1] == ("record",)
+               else [PERF, *args])
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=PERF_TIMEOUT)
 
     def samples_of(self, data):

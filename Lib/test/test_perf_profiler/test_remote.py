@@ -14,8 +14,8 @@ import unittest
 from test.test_perf_profiler.test_real_perf import HAS_FRAME_POINTERS
 from test.test_perf_profiler.util import (
     PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
-    PerfTestCase, as_other_user, map_path, missing_tool, needs, perf_stacks,
-    perf_tool, probe_once, unshare)
+    PerfTestCase, as_other_user, map_path, missing_tool, needs, perf_record,
+    perf_stacks, perf_tool, probe_once, unshare)
 
 
 # The perf_switch tool of the source tree this interpreter was built from
@@ -486,6 +486,7 @@ print(" ".join(f"pid={pid}" for pid in workers), flush=True)
 @unittest.skipUnless(HAS_FRAME_POINTERS,
                      "perf record -g needs an interpreter built with frame "
                      "pointers")
+@needs("perf_samples")
 class TestPreforkServerRecorded(RemoteTestCase):
     """perf record -g (system-wide as root) of a pre-forking server switched
     on from outside before it forks: every worker's samples name its Python
@@ -503,8 +504,8 @@ class TestPreforkServerRecorded(RemoteTestCase):
         # whose events its workers inherit when they fork.
         target = ["-a"] if os.geteuid() == 0 else ["-p", str(pid)]
         recorder = subprocess.Popen(
-            [PERF, "record", *target, "-g", "-F", "999", "-o", data, "--",
-             "sleep", str(PERF_TIMEOUT)],
+            perf_record(self, [*target, "-g", "-F", "999", "-o", data, "--",
+                               "sleep", str(PERF_TIMEOUT)]),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
         try:

@@ -718,7 +718,11 @@ SETPRIV = shutil.which("setpriv")
 #   other_user  runs a program as OTHER_UID (through as_other_user(); the
 #               make test step "other users (closed checkout)" runs every
 #               test so marked from a checkout under a mode 0700 directory)
-NEEDS = frozenset({"other_user"})
+#   perf_samples  reads the samples that perf records of a program's run
+#               (through perf_record()); under an emulator in user mode
+#               perf samples the emulator, not the guest, so "make
+#               aarch64-test" leaves out every test so marked
+NEEDS = frozenset({"other_user", "perf_samples"})
 
 
 def needs(*what):
@@ -757,6 +761,15 @@ def marked_tests(what, names):
             if what in test_needs(test):
                 found.append(test.id())
     return found
+
+
+def perf_record(test, args):
+    """The command "perf record ARGS...", for a test marked with
+    @needs("perf_samples")."""
+    if "perf_samples" not in test_needs(test):
+        raise AssertionError(f"{test.id()} reads perf's samples: mark it "
+                             "with @needs('perf_samples')")
+    return [PERF, "record", *args]
 
 
 def traversable(path, uid, gid):
