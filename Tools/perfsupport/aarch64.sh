@@ -37,6 +37,9 @@
 # child runs under qemu too, and the interpreter still finds its build
 # directory (pybuilddir.txt) next to it.  gcc, for the test extension of
 # TestCExtensionWriters, is the cross compiler (build/<flavor>/cross-bin).
+# The guest programs that tests start directly (Programs/_testembed) run
+# through build/<flavor>/qemu-run, which the tests find in
+# PERF_TESTS_EMULATOR (util.EMULATOR).
 #
 # qemu's library prefix: -L $PS_QEMU_LD_PREFIX.  Default: / when the
 # multiarch libc6:arm64 is installed (libffi-dev:arm64 pulls it in), because
@@ -106,8 +109,44 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
 }
 
+# The emulator: Debian's qemu-user-static, unpacked (not installed) into
+# build/qemu-user-static.  Debian's qemu-user is built with TCG plugin
+# support, and its qemu-aarch64 aborts in qemu_plugin_vcpu_init_hook ("Bail
+# out! ... assertion failed: (success)") in the child when a guest with a
+# second thread forks (TestRemoteSwitch's fork tests); the static build has
+# no plugins.  It cannot be installed beside qemu-user-binfmt (the two
+# conflict), and it needs no installation: the binary is self-contained.
+# PS_QEMU names another emulator; without the static one, the first on
+# PATH is used (and the fork tests fail as above).
+QEMU_STATIC=$PS_BUILD/qemu-user-static/usr/bin/qemu-aarch64-static
+
 qemu_bin() {
-    command -v qemu-aarch64 2>/dev/null || command -v qemu-aarch64-static 2>/dev/null
+    if [ -n "${PS_QEMU:-}" ]; then
+        echo "$PS_QEMU"
+    elif [ -x "$QEMU_STATIC" ]; then
+        echo "$QEMU_STATIC"
+    else
+        command -v qemu-aarch64 2>/dev/null || command -v qemu-aarch64-static 2>/dev/null
+    fi
+}
+
+# apt-get download + dpkg-deb -x: qemu-user-static of the host's own
+# archive, the same version as qemu-user.
+unpack_static_qemu() {
+    [ -n "${PS_QEMU:-}" ] || [ -x "$QEMU_STATIC" ] && return 0
+    command -v apt-get >/dev/null 2>&1 || return 0
+    _dl=$PS_BUILD/qemu-user-static.deb.d
+    rm -rf "$_dl" && mkdir -p "$_dl"
+    say "fetching qemu-user-static (apt-get download) into $PS_BUILD/qemu-user-static"
+    if (cd "$_dl" && apt-get download -q qemu-user-static) > "$PS_BUILD/aarch64-apt.log" 2>&1 \
+       && dpkg-deb -x "$_dl"/qemu-user-static_*.deb "$PS_BUILD/qemu-user-static" \
+       && [ -x "$QEMU_STATIC" ]; then
+        rm -rf "$_dl"
+    else
+        tail -n 5 "$PS_BUILD/aarch64-apt.log" | indent >&2
+        warn "no qemu-user-static: the fork tests will fail under $(qemu_bin)"
+    fi
+    unset _dl
 }
 
 missing_packages() {
@@ -120,6 +159,8 @@ missing_packages() {
 deps() {
     missing=$(missing_packages)
     if [ -z "$missing" ]; then
+        mkdir -p "$PS_BUILD"
+        unpack_static_qemu
         say "dependencies present: $PACKAGES, $(qemu_bin)"
         return 0
     fi
@@ -148,6 +189,7 @@ deps() {
     }
     missing=$(missing_packages)
     [ -z "$missing" ] || die "still missing after apt-get: $missing"
+    unpack_static_qemu
 }
 
 # ---- build -----------------------------------------------------------------------
@@ -203,6 +245,16 @@ exec '$_q' -L '$_l' -cpu $_c -0 "\$0" '$_b/python' "\$@"
 EOF
     chmod +x "$_b/python-qemu.tmp"
     mv -f "$_b/python-qemu.tmp" "$_b/python-qemu"
+    cat > "$_b/qemu-run.tmp" <<EOF
+#!/bin/sh
+# Written by Tools/perfsupport/aarch64.sh: run the AArch64 program argv[1]
+# (with its arguments) under the same qemu-user, keeping the pid.  The tests
+# run through it the guest programs that they start other than through
+# sys.executable (Programs/_testembed): PERF_TESTS_EMULATOR names it.
+exec '$_q' -L '$_l' -cpu $_c "\$@"
+EOF
+    chmod +x "$_b/qemu-run.tmp"
+    mv -f "$_b/qemu-run.tmp" "$_b/qemu-run"
     mkdir -p "$_b/cross-bin"
     cat > "$_b/cross-bin/gcc" <<EOF
 #!/bin/sh
@@ -362,7 +414,8 @@ EOF
     say "$flavor: $TESTS under $(qemu_bin) -cpu $(qemu_cpu "$flavor"), excluding the $nsamples tests marked perf_samples and $EXCLUDED ($nexcl tests in all; log: $tlog)"
     t0=$(now)
     # shellcheck disable=SC2086
-    (cd "$B" && in_private_tmp env PATH="$B/cross-bin:$PATH" ./python-qemu \
+    (cd "$B" && in_private_tmp env PATH="$B/cross-bin:$PATH" \
+        PERF_TESTS_EMULATOR="$B/qemu-run" ./python-qemu \
         -m test -v --timeout "$TIMEOUT" $excl $TESTS) > "$tlog" 2>&1
     rc=$?
     secs=$(( $(now) - t0 ))

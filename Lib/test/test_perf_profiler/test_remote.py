@@ -13,9 +13,9 @@ import unittest
 
 from test.test_perf_profiler.test_real_perf import HAS_FRAME_POINTERS
 from test.test_perf_profiler.util import (
-    PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump, PerfMap,
-    PerfTestCase, as_other_user, map_path, missing_tool, needs, perf_record,
-    perf_stacks, perf_tool, probe_once, unshare)
+    EMULATOR, PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump,
+    PerfMap, PerfTestCase, as_other_user, map_path, missing_tool, needs,
+    perf_record, perf_stacks, perf_tool, probe_once, unshare)
 
 
 # The perf_switch tool of the source tree this interpreter was built from
@@ -388,7 +388,7 @@ class TestEmbedderInitialisesAgain(PerfTestCase):
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("PYTHON")}
         env["PYTHON_PERF_REMOTE"] = "1"
-        res = subprocess.run([TESTEMBED,
+        res = subprocess.run([*EMULATOR, TESTEMBED,
                               "test_repeated_init_and_subinterpreters"],
                              capture_output=True, text=True, env=env,
                              cwd=os.path.dirname(sys.executable),

@@ -31,6 +31,11 @@ from test.support import os_helper, script_helper
 PERF_ENV_VARS = ("PYTHONPERFSUPPORT", "PYTHON_PERF_JIT_SUPPORT")
 SUBPROCESS_TIMEOUT = support.SHORT_TIMEOUT
 PERF_TIMEOUT = support.LONG_TIMEOUT
+# The command that runs the build's programs other than the interpreter
+# (Programs/_testembed) when they are for another architecture: "make
+# aarch64-test" names a qemu-user wrapper in PERF_TESTS_EMULATOR (the
+# interpreter, sys.executable, is one such wrapper already).
+EMULATOR = shlex.split(os.environ.get("PERF_TESTS_EMULATOR", ""))
 
 # Any line of a perf map: "START SIZE NAME", hexadecimal without 0x, and a
 # name without control characters.
