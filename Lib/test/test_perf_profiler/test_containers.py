@@ -6,7 +6,6 @@ import os
 import re
 import resource
 import shlex
-import shutil
 import stat
 import struct
 import subprocess
@@ -19,8 +18,9 @@ from test.test_perf_profiler import test_failures
 from test.test_perf_profiler.test_real_perf import (
     HAS_FRAME_POINTERS, PERF_SCRIPT, RealPerfJitTestCase, RealPerfTestCase)
 from test.test_perf_profiler.util import (
-    PERF, UNSHARE, JitDump, PerfTestCase, count_chains, jitdump_path,
-    map_path, missing_tool, perf_record, perf_stacks, perf_tool, probe_once)
+    PERF, UNSHARE, JitDump, PerfTestCase, as_other_user, count_chains,
+    jitdump_path, map_path, missing_tool, needs, perf_record, perf_stacks,
+    perf_tool, probe_once)
 
 RECORD_NS = perf_tool("perf_record_ns.py")
 
@@ -338,22 +338,19 @@ class TestHostileContainers(PerfTestCase):
         names = [load.name for _, load in dump.code_loads()]
         self.assertEqual(names, [b"py::planted:/c.py"])
 
+    @needs("other_user")
     def test_fuse_tmp(self):
         # An unprivileged FUSE file system on the container's /tmp, whose
         # server never answers: the host's root may not even look at it
         # (EACCES).  That container is skipped with one line; another
         # container's map is still copied.
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            self.unavailable("setpriv (util-linux) is not installed")
         if not os.path.exists("/dev/fuse"):
             self.unavailable("no /dev/fuse")
-        fuse = shlex.join([
-            setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+        fuse = shlex.join(as_other_user(self, [
             UNSHARE, "--user", "--map-root-user", "--mount", "sh", "-c",
             "exec 3<>/dev/fuse && mount -i -t fuse -o fd=3,rootmode=40000,"
             "user_id=0,group_id=0 planted /tmp && echo fuse=$$ && "
-            "exec sleep 2"])
+            "exec sleep 2"]))
         rc, stderr, pids = self.record(fuse, self.container(PLAIN_MAP))
         self.assertEqual(rc, 0, stderr)
         self.assertRegex(stderr, r"process \d+ skipped: .*Permission denied")
