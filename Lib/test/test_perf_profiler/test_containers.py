@@ -18,9 +18,9 @@ from test.test_perf_profiler import test_failures
 from test.test_perf_profiler.test_real_perf import (
     HAS_FRAME_POINTERS, PERF_SCRIPT, RealPerfJitTestCase, RealPerfTestCase)
 from test.test_perf_profiler.util import (
-    PERF, UNSHARE, JitDump, PerfTestCase, as_other_user, count_chains,
-    jitdump_path, map_path, missing_tool, needs, perf_record, perf_stacks,
-    perf_tool, probe_once)
+    PERF, TMPFS_ON_TMP, UNSHARE, JitDump, PerfTestCase, as_other_user,
+    count_chains, in_new_tmp, jitdump_path, map_path, missing_tool, needs,
+    perf_record, perf_stacks, perf_tool, probe_once)
 
 RECORD_NS = perf_tool("perf_record_ns.py")
 
@@ -30,8 +30,8 @@ CODE = PERF_SCRIPT.format(activation="")
 
 # The container: new PID and mount namespaces, /proc of its own, and a
 # tmpfs on /tmp that disappears with it.
-CONTAINER = ["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c",
-             'mount -t tmpfs tmpfs /tmp && exec "$@"', "sh"]
+CONTAINER = ["--pid", "--fork", "--mount", "--mount-proc",
+             *in_new_tmp(TMPFS_ON_TMP)]
 
 
 class ContainerChecks:
@@ -226,8 +226,8 @@ class TestHostileContainers(PerfTestCase):
         if os.geteuid() != 0:
             self.skipTest("needs root (namespaces, the process events "
                           "connector, other processes' /tmp)")
-        error = probe_once(type(self), [UNSHARE, "--mount", "sh", "-c",
-                                        "mount -t tmpfs tmpfs /tmp"],
+        error = probe_once(type(self), [UNSHARE, "--mount",
+                                        *in_new_tmp(TMPFS_ON_TMP), "true"],
                            "make a mount namespace with a tmpfs /tmp")
         if error:
             self.unavailable(error)
@@ -362,8 +362,8 @@ class TestHostileContainers(PerfTestCase):
         # may open 256 descriptors: it used to run out of them and abort.
         # Now it holds what it can, says so once, and copies those.
         container = shlex.join([
-            UNSHARE, "--mount", "sh", "-c",
-            'echo "pid=$$"; mount -t tmpfs tmpfs /tmp && '
+            UNSHARE, "--mount", "sh", "-c", 'echo "pid=$$"; exec "$@"', "sh",
+            *in_new_tmp(TMPFS_ON_TMP), "sh", "-c",
             'echo "1000 10 py::planted:/c.py" > "/tmp/perf-$$.map" && '
             'exec sleep 2'])
         rc, stderr, pids = self.record(

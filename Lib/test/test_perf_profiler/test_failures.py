@@ -3,17 +3,19 @@ directory... at the path of the map), a full disk, a /tmp mounted noexec or
 read-only, a switch to a backend that cannot open its file.  One warning,
 or a RuntimeError from sys, and the program runs on unprofiled."""
 
+import glob
 import os
-import shlex
 import stat
 import subprocess
 import sys
+import tempfile
 import unittest
 
-from test.support import import_helper
+from test.support import import_helper, os_helper
 from test.test_perf_profiler.util import (
-    BEHAVIOUR_SCRIPT, SUBPROCESS_TIMEOUT, TRY_ACTIVATE, UNSHARE, PerfTestCase,
-    entry_name, jitdump_path, map_path, remove_path, unshare)
+    BEHAVIOUR_SCRIPT, MOUNT_ON_TMP, SUBPROCESS_TIMEOUT, TMPFS_ON_TMP,
+    TRY_ACTIVATE, UNSHARE, PerfTestCase, entry_name, in_new_tmp, jitdump_path,
+    map_path, remove_path, unshare)
 
 
 # ---- Hostile /tmp -----------------------------------------------------------
@@ -296,33 +298,9 @@ class TestPrivateTmp(FailureTestCase):
     def private_tmp(self, options):
         """A command that runs its arguments with exec in a private mount
         namespace with a new /tmp mounted with options."""
-        kept = set()
-        for path in (sys.executable, *sys.path, self.tmp):
-            real = os.path.realpath(path) if path else ""
-            if real.startswith("/tmp/"):
-                kept.add(real.split("/")[2])
-        setup = ["set -e", "cd /tmp", "mount -t tmpfs none /tmp"]
-        for name in sorted(kept):
-            new = shlex.quote(os.path.join("/tmp", name))
-            if os.path.isdir(os.path.join("/tmp", name)):
-                setup.append(f"mkdir {new}")
-            elif os.path.exists(os.path.join("/tmp", name)):
-                setup.append(f": > {new}")
-            else:
-                continue
-            # The old /tmp is still the working directory: reach it
-            # through /proc, which mount must not resolve into a path.
-            old = shlex.quote(os.path.join("/proc/self/cwd", name))
-            setup.append(f"mount --no-canonicalize --bind {old} {new}")
-        # The options come last: a read-only /tmp takes no mount points.
-        # They change this mount only (bind), which is all the tests need
-        # and all that a plain user's namespace may do: remounting the
-        # tmpfs itself there fails ("mount point not mounted or bad
-        # option").
-        setup += [f"mount -o remount,bind,{options} /tmp", "cd /",
-                  'exec "$@"']
         return [*unshare("--mount", "--propagation", "private"),
-                "sh", "-c", "\n".join(setup), "sh"]
+                *in_new_tmp(TMPFS_ON_TMP, paths=[self.tmp],
+                            options=options)]
 
     def run_private(self, options, backend, how):
         res = self.run_workload(backend, how,
@@ -369,6 +347,49 @@ class TestPrivateTmp(FailureTestCase):
                 with self.subTest(backend=backend, how=how):
                     self.check_refused(plain, "ro", backend, how,
                                        b"Read-only file system")
+
+    def test_what_lies_under_tmp_stays(self):
+        # A checkout cloned under /tmp: its interpreter and library would
+        # vanish with the old /tmp, and every test that replaces /tmp would
+        # fail with "exec: .../python: not found".  The kept directory
+        # stands for it; the hidden one for the rest of the old /tmp.
+        kept = tempfile.mkdtemp(dir="/tmp", prefix="perf-tests-kept-")
+        self.addCleanup(os_helper.rmtree, kept)
+        hidden = tempfile.mkdtemp(dir="/tmp", prefix="perf-tests-hidden-")
+        self.addCleanup(os_helper.rmtree, hidden)
+        script = os.path.join(kept, "script.py")
+        with open(script, "w") as f:
+            f.write("import os, sys\n"
+                    "print(os.path.exists(sys.argv[1]), os.listdir('/tmp'))\n")
+        wrapper = [*unshare("--mount", "--propagation", "private"),
+                   *in_new_tmp(TMPFS_ON_TMP, paths=[kept], options="noexec")]
+        proc = subprocess.run([*wrapper, sys.executable, script, hidden],
+                              capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=SUBPROCESS_TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        exists, names = proc.stdout.decode().split(" ", 1)
+        self.assertEqual(exists, "False", "the old /tmp is still there")
+        self.assertIn(repr(os.path.basename(kept)), names)
+        self.assertEqual(proc.stderr, b"")
+
+
+class TestNewTmpRule(unittest.TestCase):
+    """Every test command that mounts something at /tmp is built by
+    util.new_tmp() or util.in_new_tmp(), which keep what lies under the old
+    one: a line that mounts at /tmp (util.MOUNT_ON_TMP) without them fails
+    here, so that a later test cannot forget it."""
+
+    def test_every_new_tmp_through_the_helper(self):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = (glob.glob(os.path.join(here, "test_perf*.py"))
+                 + glob.glob(os.path.join(here, "test_perf_profiler", "*.py")))
+        self.assertGreater(len(paths), 5, here)
+        found = [f"{path}:{n}: {line.strip()}"
+                 for path in sorted(paths)
+                 if os.path.basename(path) != "util.py"
+                 for n, line in enumerate(open(path, encoding="utf-8"), 1)
+                 if MOUNT_ON_TMP.search(line) and "new_tmp(" not in line]
+        self.assertEqual(found, [], "mounts at /tmp without util.new_tmp()")
 
 
 # A switch to another backend that cannot open its output: the old backend

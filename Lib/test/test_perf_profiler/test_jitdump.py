@@ -8,7 +8,8 @@ import stat
 import unittest
 
 from test.test_perf_profiler.util import (
-    CONTROL_CHARS, CONTROL_NAMES_SCRIPT, JitDump, PerfTestCase, entry_name, jitdump_path)
+    CONTROL_CHARS, CONTROL_NAMES_SCRIPT, JitDump, PerfTestCase, entry_name,
+    jitdump_path)
 
 
 # ---- perf_jit: the jitdump --------------------------------------------------

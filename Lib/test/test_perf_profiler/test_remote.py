@@ -3,6 +3,7 @@ PYTHON_PERF_REMOTE=1 and Tools/perf/perf_switch.py (Python/perf_remote.c)."""
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -14,8 +15,9 @@ import unittest
 from test.test_perf_profiler.test_real_perf import HAS_FRAME_POINTERS
 from test.test_perf_profiler.util import (
     EMULATOR, PERF, PERF_TIMEOUT, SUBPROCESS_TIMEOUT, UNSHARE, JitDump,
-    PerfMap, PerfTestCase, as_other_user, map_path, missing_tool, needs,
-    perf_record, perf_stacks, perf_tool, probe_once, unshare)
+    PerfMap, PerfTestCase, as_other_user, in_new_tmp, map_path,
+    missing_tool, needs, perf_record, perf_stacks, perf_tool, probe_once,
+    unshare)
 
 
 # The perf_switch tool of the source tree this interpreter was built from
@@ -347,8 +349,8 @@ class TestRemoteSwitch(RemoteTestCase):
         # The container's /tmp hides ours: the service lives in its own.
         shutil.copy(self.script, os.path.join(private, "service.py"))
         wrapper = [*unshare("--pid", "--fork", "--mount", "--net",
-                            "--mount-proc"), "sh", "-c",
-                   f'mount --bind "{private}" /tmp && exec "$@"', "sh"]
+                            "--mount-proc"),
+                   *in_new_tmp(f"mount --bind {shlex.quote(private)} /tmp")]
         proc, host_pid = self.start(wrapper=wrapper, pid_of=self.host_pid,
                                     script="/tmp/service.py")
         self.assertSwitched(host_pid, "perf", "perf")
@@ -428,8 +430,8 @@ class TestRootlessContainer(RemoteTestCase):
         os.chmod(private, 0o1777)
         shutil.copy(self.script, os.path.join(private, "service.py"))
         os.chmod(os.path.join(private, "service.py"), 0o644)
-        wrapper = [*as_nobody, "sh", "-c",
-                   f'mount --bind "{private}" /tmp && exec "$@"', "sh"]
+        wrapper = [*as_nobody,
+                   *in_new_tmp(f"mount --bind {shlex.quote(private)} /tmp")]
         proc, host_pid = self.start(wrapper=wrapper, pid_of=self.host_pid,
                                     script="/tmp/service.py")
         with open(f"/proc/{host_pid}/status") as f:

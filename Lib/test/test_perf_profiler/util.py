@@ -701,6 +701,61 @@ def unshare(*options):
     return [UNSHARE, *user, *options]
 
 
+# The usual new /tmp: an empty tmpfs.
+TMPFS_ON_TMP = "mount -t tmpfs tmpfs /tmp"
+
+# A shell command that mounts something at /tmp, in the tests' sources: each
+# must be given to new_tmp() or in_new_tmp() (test_failures.TestNewTmpRule).
+MOUNT_ON_TMP = re.compile(r"mount (?:-t \w+ \S+|--bind \S+) /tmp\b")
+
+
+def new_tmp(mount, paths=(), options=None):
+    """Shell lines that put a new /tmp in place, for a private mount
+    namespace (the shell runs as root there): mount is the command that
+    mounts it ("mount -t tmpfs tmpfs /tmp", "mount --bind DIR /tmp"),
+    options (noexec, ro...) are applied to it last.  Whatever the child
+    interpreter reads (interpreter_paths(), sys.path) and the given paths,
+    where they lie under /tmp, are bound back at their names: a checkout
+    cloned under /tmp would vanish with the old /tmp otherwise, and with
+    it the interpreter ("exec: .../python: not found").  Every test that
+    puts something over /tmp builds its command here, so that none can
+    forget it."""
+    kept = set()
+    for path in (*interpreter_paths(), *sys.path, *paths):
+        real = os.path.realpath(path) if path else ""
+        if real.startswith("/tmp/"):
+            kept.add(real.split("/")[2])
+    lines = ["set -e", "cd /tmp", mount]
+    for name in sorted(kept):
+        new = shlex.quote(os.path.join("/tmp", name))
+        if os.path.isdir(os.path.join("/tmp", name)):
+            lines.append(f"mkdir -p {new}")
+        elif os.path.exists(os.path.join("/tmp", name)):
+            lines.append(f": > {new}")
+        else:
+            continue
+        # The old /tmp is still the working directory: reach it through
+        # /proc, which mount must not resolve into a path (it would find
+        # the name in the new /tmp).
+        old = shlex.quote(os.path.join("/proc/self/cwd", name))
+        lines.append(f"mount --no-canonicalize --bind {old} {new}")
+    if options:
+        # Last: a read-only /tmp takes no mount points.  The options change
+        # this mount only (bind), which is all the tests need and all that
+        # a plain user's namespace may do: remounting the tmpfs itself
+        # there fails ("mount point not mounted or bad option").
+        lines.append(f"mount -o remount,bind,{options} /tmp")
+    lines.append("cd /")
+    return lines
+
+
+def in_new_tmp(mount, paths=(), options=None):
+    """The words "sh -c SCRIPT sh" that run what follows them with exec
+    under the /tmp of new_tmp() (in a mount namespace made before)."""
+    return ["sh", "-c", "\n".join([*new_tmp(mount, paths, options),
+                                   'exec "$@"']), "sh"]
+
+
 def probe_once(cls, cmd, what):
     """Run cmd the first time a test of cls asks; return "" if it worked,
     or why it did not (remembered in cls.namespace_error)."""
@@ -714,7 +769,7 @@ def probe_once(cls, cmd, what):
     return cls.namespace_error
 
 
-# ---- Another user ------------------------------------------------------------
+# ---- Another user -----------------------------------------------------------
 
 # The unprivileged user that tests run programs as (nobody on Debian).
 OTHER_UID = OTHER_GID = 65534
