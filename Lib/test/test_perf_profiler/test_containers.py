@@ -6,6 +6,7 @@ import os
 import re
 import resource
 import shlex
+import signal
 import stat
 import struct
 import subprocess
@@ -249,10 +250,26 @@ class TestHostileContainers(PerfTestCase):
         cmd = [sys.executable, RECORD_NS, "-v", *options, "--", PERF,
                "record", "-e", "dummy", "-q", "-o", data, "--",
                "sh", "-c", shell]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=300,
-                              preexec_fn=preexec_fn)
-        out = proc.stdout.decode()
+        # A session of its own: if the tool hangs, the whole tree goes, not
+        # only the tool (a container left blocked on its own FUSE /tmp
+        # would outlive the test run).
+        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True,
+                              preexec_fn=preexec_fn) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+                self.fail(f"the tool did not end in 300 s: "
+                          f"{stderr[-3000:].decode(errors='replace')}")
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        out = stdout.decode()
         pids = [int(pid) for pid in re.findall(r"^pid=(\d+)$", out, re.M)]
         writers = [int(pid) for pid in re.findall(r"^writer=(\d+)$", out,
                                                     re.M)]
@@ -260,7 +277,7 @@ class TestHostileContainers(PerfTestCase):
             self.forget_pid(pid)
         for pid in writers:
             self.addCleanup(self.stop, pid)
-        return proc.returncode, proc.stderr.decode(errors="replace"), pids
+        return proc.returncode, stderr.decode(errors="replace"), pids
 
     @staticmethod
     def stop(pid):
@@ -348,9 +365,14 @@ class TestHostileContainers(PerfTestCase):
             self.unavailable("no /dev/fuse")
         fuse = shlex.join(as_other_user(self, [
             UNSHARE, "--user", "--map-root-user", "--mount", "sh", "-c",
+            # Nothing here may look under /tmp once the file system is on
+            # it: no server answers, so a lookup there would block for
+            # ever (the checkout may lie under /tmp: LD_LIBRARY_PATH, the
+            # working directory).
+            "cd / && unset LD_LIBRARY_PATH && "
             "exec 3<>/dev/fuse && mount -i -t fuse -o fd=3,rootmode=40000,"
             "user_id=0,group_id=0 planted /tmp && echo fuse=$$ && "
-            "exec sleep 2"]))
+            "exec /bin/sleep 2"]))
         rc, stderr, pids = self.record(fuse, self.container(PLAIN_MAP))
         self.assertEqual(rc, 0, stderr)
         self.assertRegex(stderr, r"process \d+ skipped: .*Permission denied")
