@@ -359,22 +359,17 @@ record() {  # record NAME passed|failed DETAIL
     printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$results"
 }
 
-# in_private_tmp COMMAND...: run COMMAND with a /tmp of its own, a tmpfs in a
-# private mount namespace, when unshare can make one (root) and this checkout
-# does not lie under /tmp (the tmpfs would hide the builds); else as is.
+# in_private_tmp COMMAND...: run COMMAND with a /tmp of its own, an empty
+# tmpfs (new_tmp), when unshare can make one (root); else as is.
 # The tests read /tmp/perf-PID.map and /tmp/jit-PID.dump after their child
 # exits, and on a shared machine other runs (make test's cleaning_tmp, the
 # sanitize and regrtest scripts) remove every such file that appears while
 # they run: without a /tmp of their own, the tests fail now and then with
 # "/tmp/perf-PID.map was not written".
 in_private_tmp() {
-    case "$(cd "$PS_TOP" && pwd -P)/" in
-        /tmp/*) "$@"; return ;;
-    esac
     if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1 \
        && unshare --mount --propagation private true 2>/dev/null; then
-        unshare --mount --propagation private sh -c \
-            'mount -t tmpfs -o mode=1777 tmpfs /tmp && exec "$@"' sh "$@"
+        new_tmp '' "$@"
     else
         "$@"
     fi

@@ -249,25 +249,63 @@ configure_and_make() {
     (cd "$_b" && make -j"$_jobs") >> "$LOG" 2>&1 || failed "make -j$_jobs"
 }
 
-# private_tmp DIR COMMAND...: COMMAND with DIR as its /tmp: DIR is bound on
-# /tmp in a mount namespace of its own (root and unshare(1) needed), so the
-# perf files that COMMAND's processes leave are all in DIR, and the files
-# of other processes in /tmp are neither seen nor touched.
-private_tmp() {
+# tmp_names PATH...: the names right under /tmp through which the PATHs
+# lie in /tmp (perf311 for /tmp/perf311/build), each once, one per line.
+tmp_names() {
+    for _p in "$@"; do
+        for _q in "$_p" "$(cd "$_p" 2>/dev/null && pwd -P)"; do
+            case $_q/ in
+                /tmp/?*) _n=${_q#/tmp/}; printf '%s\n' "${_n%%/*}" ;;
+            esac
+        done
+    done | sort -u
+}
+
+# new_tmp DIR|'' COMMAND...: COMMAND, in the same working directory, in a
+# mount namespace of its own (root and unshare(1) needed) whose /tmp is DIR
+# bound there, or an empty tmpfs when DIR is ''.  So the perf files that
+# COMMAND's processes leave are all in the new /tmp, and the files of other
+# processes in /tmp are neither seen nor touched.  A checkout, build or
+# source tree that lies under /tmp is bound back at the same path (its
+# files name each other by absolute path), recursively: it may hold mounts
+# of its own.  The old /tmp is reached as the working directory of the
+# shell that mounts, through /proc, which mount must not resolve into a
+# path (the name would be found in the new /tmp).
+new_tmp() {
     _d=$1; shift
-    unshare --mount --propagation private \
-        sh -c 'mount --bind "$0" /tmp && exec "$@"' "$_d" "$@"
+    [ -z "$_d" ] || _d=$(cd "$_d" && pwd) || return
+    unshare --mount --propagation private sh -c '
+        set -e
+        dir=$0 names=$1
+        shift
+        here=$(pwd)
+        cd /tmp
+        if [ -n "$dir" ]; then
+            mount --bind "$dir" /tmp
+        else
+            mount -t tmpfs -o mode=1777 tmpfs /tmp
+        fi
+        IFS="
+"
+        for name in $names; do
+            mkdir -p "/tmp/$name"
+            mount --no-canonicalize --rbind "/proc/self/cwd/$name" "/tmp/$name"
+        done
+        cd "$here" 2>/dev/null || cd /
+        exec "$@"' "$_d" "$(tmp_names "$PS_TOP" "$PS_BUILD" "$PS_SRC")" "$@"
+}
+
+# private_tmp DIR COMMAND...: COMMAND with DIR as its /tmp (new_tmp).
+private_tmp() {
+    new_tmp "$@"
 }
 
 # private_tmp_works SCRATCH_DIR: whether private_tmp can be used here: not
-# when this repository (its builds, the interpreters' own paths) lives
-# under /tmp, which the private one would hide.
+# without root or unshare(1).
 private_tmp_works() {
-    case "$(cd "$PS_TOP" && pwd -P)/" in
-        /tmp/*) return 1 ;;
-    esac
     mkdir -p "$1" && private_tmp "$1" true 2>/dev/null
     _rc=$?
-    rmdir "$1" 2>/dev/null
+    # With the names that new_tmp made in it, empty directories.
+    rmdir "$1"/* "$1" 2>/dev/null
     return $_rc
 }

@@ -164,7 +164,7 @@ if private_tmp_works "$OUT/probe.tmp"; then
     tmp_mode=private
 else
     tmp_mode=shared
-    warn "no private /tmp (it needs root and unshare, and a repository outside /tmp): the perf files that appear in /tmp during the run are removed after it, other processes' included"
+    warn "no private /tmp (it needs root and unshare): the perf files that appear in /tmp during the run are removed after it, other processes' included"
     perf_files > "$OUT/tmp-before"
 fi
 

@@ -291,6 +291,15 @@ class TestHostileContainers(PerfTestCase):
         with open(map_path(pid), "rb") as f:
             self.assertEqual(f.read(), b"1000 10 py::planted:/c.py\n")
 
+    def holds_planted_map(self, pid):
+        if not self.written(map_path(pid)):
+            return False
+        try:
+            with open(map_path(pid), "rb") as f:
+                return f.read(4096) == b"1000 10 py::planted:/c.py\n"
+        except OSError:
+            return False
+
     def test_sparse_maps_stay_sparse(self):
         # Four sparse 64 MiB maps: the copies hold what was written, one
         # line each, not 256 MiB of zeros.
@@ -317,7 +326,13 @@ class TestHostileContainers(PerfTestCase):
         self.assertEqual(rc, 0, stderr)
         self.assertEqual(stderr.count(f"{option} budget of this run used "
                                       f"up"), 1, stderr)
-        copied = [pid for pid in pids if self.written(map_path(pid))]
+        # A copy is one that the tool says it kept, or a map at its name
+        # that holds the planted line: pids wrap (at 32768 here), and the
+        # pid of a container that has ended may already be another profiled
+        # process's, whose own map at that name is no copy.
+        copied = [pid for pid in pids
+                  if f"kept {map_path(pid)}" in stderr
+                  or self.holds_planted_map(pid)]
         self.assertLessEqual(len(copied), kept, (pids, stderr))
         for pid in copied:
             self.assertCopied(pid, stderr)

@@ -736,9 +736,11 @@ def new_tmp(mount, paths=(), options=None):
             continue
         # The old /tmp is still the working directory: reach it through
         # /proc, which mount must not resolve into a path (it would find
-        # the name in the new /tmp).
+        # the name in the new /tmp).  Recursively: the name may hold mounts
+        # of its own (as_other_user()'s, from a closed /tmp), which a user
+        # namespace may not leave behind ("wrong fs type": EINVAL).
         old = shlex.quote(os.path.join("/proc/self/cwd", name))
-        lines.append(f"mount --no-canonicalize --bind {old} {new}")
+        lines.append(f"mount --no-canonicalize --rbind {old} {new}")
     if options:
         # Last: a read-only /tmp takes no mount points.  The options change
         # this mount only (bind), which is all the tests need and all that
