@@ -285,6 +285,7 @@ new_tmp() {
         else
             mount -t tmpfs -o mode=1777 tmpfs /tmp
         fi
+        set -f
         IFS="
 "
         for name in $names; do

@@ -213,11 +213,11 @@ passed=$(awk -F'\t' '$2 == "passed"' "$results" | wc -l)
 failed=$(awk -F'\t' '$2 == "failed"' "$results" | wc -l)
 skipped=$(awk -F'\t' '$2 ~ /^skipped/' "$results" | wc -l)
 printf '\n[test] summary (logs in %s)\n' "$T"
-printf '  %-22s %-44s %8s\n' step result seconds
-printf '  %-22s %-44s %8s\n' ---------------------- -------------------------------------------- --------
-awk -F'\t' '{ printf "  %-22s %-44s %8s\n", $1, $2, $3 }' "$results"
+printf '  %-29s %-40s %8s\n' step result seconds
+printf '  %-29s %-40s %8s\n' ----------------------------- ---------------------------------------- --------
+awk -F'\t' '{ printf "  %-29s %-40s %8s\n", $1, $2, $3 }' "$results"
 total=$(awk -F'\t' '{ s += $3 } END { print s + 0 }' "$results")
-printf '  %-22s %-44s %8s\n' total "" "$total"
+printf '  %-29s %-40s %8s\n' total "" "$total"
 [ "$skipped" -eq 0 ] || printf '[test] %d step(s) skipped\n' "$skipped"
 printf '%d passed, %d failed\n' "$passed" "$failed"
 [ "$failed" -eq 0 ]
