@@ -39,7 +39,11 @@
 # TestCExtensionWriters, is the cross compiler (build/<flavor>/cross-bin).
 # The guest programs that tests start directly (Programs/_testembed) run
 # through build/<flavor>/qemu-run, which the tests find in
-# PERF_TESTS_EMULATOR (util.EMULATOR).
+# PERF_TESTS_EMULATOR (util.EMULATOR).  Both exec a copy of the emulator in
+# the same directory (build/<flavor>/qemu-aarch64): a test that runs the
+# interpreter as another user keeps only the interpreter's own directories
+# reachable to that user (util.as_other_user()), and the emulator is part of
+# the interpreter here.
 #
 # qemu's library prefix: -L $PS_QEMU_LD_PREFIX.  Default: / when the
 # multiarch libc6:arm64 is installed (libffi-dev:arm64 pulls it in), because
@@ -240,9 +244,13 @@ failed() {
     exit 1
 }
 
-# Write build/<flavor>/python-qemu and build/<flavor>/cross-bin/gcc.
+# Write build/<flavor>/python-qemu, qemu-run (beside a copy of the emulator)
+# and cross-bin/gcc.
 write_wrappers() {
-    _b=$1 _q=$(qemu_bin) _l=$(qemu_prefix) _c=$(qemu_cpu "$flavor")
+    _b=$1 _l=$(qemu_prefix) _c=$(qemu_cpu "$flavor")
+    _q=$_b/qemu-aarch64
+    cp -f "$(qemu_bin)" "$_q.tmp" && chmod 755 "$_q.tmp" && mv -f "$_q.tmp" "$_q" \
+        || die "cannot copy the emulator $(qemu_bin) to $_q"
     cat > "$_b/python-qemu.tmp" <<EOF
 #!/bin/sh
 # Written by Tools/perfsupport/aarch64.sh: run the AArch64 interpreter of
